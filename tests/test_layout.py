@@ -1,0 +1,55 @@
+"""The project's shape: every notebook exports a module and every module has a notebook, the docs sidebar
+lists every notebook, README.md is what nbs/index.ipynb renders to, and notebooks are committed clean."""
+import configparser, importlib.util, json, re
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+NBS = ROOT/'nbs'
+
+def notebooks():
+    "Notebooks that are part of the package (scratch notebooks start with `_`)."
+    return sorted(p for p in NBS.rglob('*.ipynb') if not any(part.startswith(('_', '.')) for part in p.relative_to(NBS).parts))
+
+def default_exp(nb:Path):
+    for cell in json.loads(nb.read_text())['cells']:
+        m = re.search(r'^#\|\s*default_exp\s+(\S+)', ''.join(cell['source']), re.M)
+        if m: return m.group(1)
+
+def test_every_notebook_exports_a_module_and_every_module_has_a_notebook():
+    exported = {default_exp(nb) for nb in notebooks()} - {None}
+    modules = {p.stem for p in (ROOT/'sae_nb').glob('*.py')} - {'__init__', '_modidx'}
+    assert exported, "no notebook has a #| default_exp"
+    assert modules == exported, f"modules without a notebook (stale?): {modules - exported}; notebooks not exported: {exported - modules}"
+
+def test_reading_order_numbers_are_unique():
+    numbers = [re.match(r'(\d+[a-z]?)_', nb.name).group(1) for nb in notebooks() if re.match(r'\d', nb.name)]
+    assert len(numbers) == len(set(numbers)), f"two notebooks share a number: {sorted(numbers)}"
+
+def test_sidebar_lists_every_notebook_in_reading_order():
+    side = yaml.safe_load((NBS/'sidebar.yml').read_text())['website']['sidebar']['contents']
+    flat = [c for c in side if isinstance(c, str)] + [x for c in side if isinstance(c, dict) for x in c.get('contents', [])]
+    want = [str(nb.relative_to(NBS)) for nb in notebooks()]
+    assert sorted(flat) == sorted(want), f"nbs/sidebar.yml is out of step: missing {set(want)-set(flat)}, extra {set(flat)-set(want)}"
+    assert flat[0] == 'index.ipynb'
+
+def test_notebooks_are_committed_clean():
+    dirty = [nb.name for nb in notebooks() if any(c.get('execution_count') for c in json.loads(nb.read_text())['cells'])]
+    assert not dirty, f"run nbdev_clean: {dirty} carry execution counts"
+
+def test_version_matches_settings():
+    import sae_nb
+    cfg = configparser.ConfigParser(); cfg.read(ROOT/'settings.ini')
+    assert sae_nb.__version__ == cfg['DEFAULT']['version']
+
+def test_readme_is_built_from_the_index_notebook():
+    spec = importlib.util.spec_from_file_location('build_docs', ROOT/'.ci/build_docs.py')
+    build_docs = importlib.util.module_from_spec(spec); spec.loader.exec_module(build_docs)
+    want = build_docs.readme_text(build_docs.proc_nbs())
+    assert (ROOT/'README.md').read_text() == want, "README.md is stale: run `bash .ci/docs --readme-only` and commit it"
+
+def test_quarto_config_is_where_nbdev_reads_it():
+    assert (NBS/'_quarto.yml').resolve() == (ROOT/'_quarto.yml').resolve()
+    assert yaml.safe_load((ROOT/'_quarto.yml').read_text())['project']['type'] == 'website'
