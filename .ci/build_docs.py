@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def proc_nbs():
     "Process the notebooks into _proc/ with nbdev (no Quarto needed for this step)."
-    subprocess.run(['nbdev_proc_nbs'], cwd=ROOT, check=True, capture_output=True)
+    subprocess.run([str(Path(sys.executable).parent/'nbdev_proc_nbs')], cwd=ROOT, check=True, capture_output=True)
     return ROOT/'_proc'
 
 def sidebar_notebooks():

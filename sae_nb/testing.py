@@ -13,7 +13,8 @@ import torch
 from fastcore.test import test_eq, test_close, test_fail
 
 # %% auto #0
-__all__ = ['gpt2_tokenizer', 'tiny_gpt2', 'SyntheticActivations', 'synthetic_activations', 'check_matches_reference']
+__all__ = ['gpt2_tokenizer', 'tiny_gpt2', 'SyntheticActivations', 'synthetic_activations', 'assert_close',
+           'check_matches_reference']
 
 # %% ../nbs/00_testing.ipynb #c1662561
 @lru_cache(maxsize=1)
@@ -106,6 +107,15 @@ def _run_with_grads(fn, inputs, params, seed):
     return outs, grads
 
 # %% ../nbs/00_testing.ipynb #4b068259
+def assert_close(a, b, eps:float=1e-5, what:str='value'):
+    "Assert tensors (or numbers) `a` and `b` agree within `eps`, relative to the size of `b` (absolute near zero)."
+    a, b = (torch.as_tensor(t).detach().double() for t in (a, b))
+    assert a.shape == b.shape, f"{what}: shape {tuple(a.shape)} != {tuple(b.shape)}"
+    worst = (a - b).abs().max().item() if a.numel() else 0.0
+    allowed = eps * max(1.0, b.abs().max().item() if b.numel() else 0.0)
+    assert worst <= allowed, f"{what}: differs by up to {worst:.3g}, more than {allowed:.3g}"
+
+# %% ../nbs/00_testing.ipynb #5205d1bb
 def check_matches_reference(fast, # the implementation under test
                             reference, # a plain implementation of the same maths
                             *inputs, # passed to both (tensors get fresh leaves with gradients)
@@ -118,9 +128,7 @@ def check_matches_reference(fast, # the implementation under test
     out_f, grad_f = _run_with_grads(fast, inputs, params, seed)
     out_r, grad_r = _run_with_grads(reference, inputs, params, seed)
     test_eq(len(out_f), len(out_r))
-    for i, (a, b) in enumerate(zip(out_f, out_r)):
-        if torch.is_tensor(a): assert a.shape == b.shape, f"output {i}: shape {tuple(a.shape)} != {tuple(b.shape)}"
-        test_close(a.detach() if torch.is_tensor(a) else a, b.detach() if torch.is_tensor(b) else b, eps=eps)
+    for i, (a, b) in enumerate(zip(out_f, out_r)): assert_close(a, b, eps, f"output {i}")
     for i, (a, b) in enumerate(zip(grad_f, grad_r)):
         assert (a is None) == (b is None), f"gradient {i}: one implementation gives no gradient"
-        if a is not None: test_close(a, b, eps=eps)
+        if a is not None: assert_close(a, b, eps, f"gradient {i}")

@@ -53,3 +53,23 @@ def test_readme_is_built_from_the_index_notebook():
 def test_quarto_config_is_where_nbdev_reads_it():
     assert (NBS/'_quarto.yml').resolve() == (ROOT/'_quarto.yml').resolve()
     assert yaml.safe_load((ROOT/'_quarto.yml').read_text())['project']['type'] == 'website'
+
+def _mixes_imports(src:str) -> bool:
+    lines = [l for l in src.splitlines() if l.strip() and not l.lstrip().startswith('#')]
+    imports = [l for l in lines if re.match(r'\s*(import|from)\s+\S+', l)]
+    return bool(imports) and len(imports) < len(lines)
+
+def test_no_cell_mixes_imports_with_code():
+    "nbdev's docs processing runs every cell that imports something on its own: such cells must hold only imports."
+    bad = [f"{nb.name}: {''.join(c['source'])[:60]!r}" for nb in notebooks() for c in json.loads(nb.read_text())['cells']
+           if c['cell_type'] == 'code' and not re.search(r'^#\|\s*export', ''.join(c['source']), re.M)
+           and _mixes_imports(''.join(c['source']))]
+    assert not bad, "move these imports into a cell of their own:\n" + '\n'.join(bad)
+
+def test_test_flags_are_space_separated():
+    "nbdev splits tst_flags on spaces: 'slow|gpu' would be one flag and no slow cell would be skipped."
+    cfg = configparser.ConfigParser(); cfg.read(ROOT/'settings.ini')
+    assert set(cfg['DEFAULT']['tst_flags'].split()) >= {'slow', 'gpu'}
+    flagged = {m for nb in notebooks() for c in json.loads(nb.read_text())['cells']
+               for m in re.findall(r'^#\|\s*(slow|gpu)\s*$', ''.join(c['source']), re.M)}
+    assert flagged <= set(cfg['DEFAULT']['tst_flags'].split())
