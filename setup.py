@@ -17,7 +17,7 @@ def reqs(key): return shlex.split(cfg.get(key, ''))
 lic = licenses[cfg['license']]
 min_python = cfg['min_python']
 lib_path = cfg['lib_path']
-scripts = [s.strip() for s in cfg.get('console_scripts', '').split('\n') if s.strip()]
+scripts = cfg.get('console_scripts', '').split()
 
 setuptools.setup(
     name=cfg['lib_name'],

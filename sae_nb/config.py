@@ -93,16 +93,20 @@ class SAEConfig:
     # dead features
     dead_feature_window:int = setting(1_000_000, "a latent that has not fired in this many tokens is dead")
     use_ghost_grads:bool = setting(False, "relu: ghost gradients for dead latents (Jermyn & Templeton 2024)")
+    resample_dead_every:int = setting(0, "steps between re-initialising dead latents towards poorly reconstructed inputs (0: never)")
+    normalize_decoder_every:int = setting(1, "steps between rescaling the decoder atoms to unit norm")
     # streaming
     text_batch_size:int = setting(32, "texts per forward pass of the model when capturing or streaming")
     # evaluation and logging
     log_every:int = setting(50, "steps between logged metrics")
     checkpoint_every:int = setting(1000, "steps between checkpoints (0: only at the end)")
     eval_every:int = setting(500, "steps between evaluations (0: never)")
+    eval_tokens:int = setting(8192, "tokens held out from the start of the data to evaluate on (0: none)")
     early_stopping_patience:Optional[int] = setting(None, "stop after this many evaluations with no improvement (None: never)")
     wandb_project:Optional[str] = setting(None, "log to this Weights & Biases project (None: no wandb)")
     wandb_mode:str = setting('offline', "offline, online or disabled; online only when asked for")
     checkpoint_dir:str = setting('checkpoints', "folder for checkpoints")
+    keep_checkpoints:int = setting(3, "how many of the newest checkpoints to keep; older ones are deleted")
 
 
     def __post_init__(self): _validate(self)
@@ -159,9 +163,10 @@ def _validate(cfg):
           "a probe loss (probe_loss_coeff > 0) needs at least 2 classes")
     for name in ('k_aux', 'max_steps', 'early_stopping_patience'):
         _need(getattr(cfg, name) is None or getattr(cfg, name) >= 1, cfg, name, "it must be None or at least 1")
-    for name in ('batch_size', 'max_epochs', 'dead_feature_window', 'text_batch_size', 'log_every'):
+    for name in ('batch_size', 'max_epochs', 'dead_feature_window', 'text_batch_size', 'log_every',
+                 'normalize_decoder_every', 'keep_checkpoints'):
         _need(getattr(cfg, name) >= 1, cfg, name, "it must be at least 1")
-    for name in ('warmup_steps', 'checkpoint_every', 'eval_every'):
+    for name in ('warmup_steps', 'checkpoint_every', 'eval_every', 'eval_tokens', 'resample_dead_every'):
         _need(getattr(cfg, name) >= 0, cfg, name, "it must be ≥ 0")
     _need(cfg.grad_clip is None or cfg.grad_clip > 0, cfg, 'grad_clip', "it must be None or > 0")
     _one_of(cfg, 'lr_schedule', ('constant', 'linear', 'cosine'))

@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from .config import atomic_path, atomic_write_text
+from .testing import tiny_gpt2
 
 # %% auto #0
 __all__ = ['SMOLLM2_GGUF', 'BUILTIN_MODELS', 'cache_dir', 'ModelNotFoundError', 'load_model', 'split_passages', 'load_texts',
@@ -192,10 +193,17 @@ class Captured:
                    *(torch.cat([getattr(p, n) for p in parts]) for n in ('token_ids', 'sequence_ids', 'positions')))
 
 # %% ../nbs/04_data.ipynb #219bf400
+def _not_outliers(acts:torch.Tensor, keep:torch.Tensor, ratio:float) -> torch.Tensor:
+    "Mask of tokens whose activation norm is at most `ratio` × the median norm of the kept tokens."
+    norms = acts.float().norm(dim=-1)
+    return (norms <= ratio * norms[keep.to(norms.device)].median()).cpu()
+
+# %% ../nbs/04_data.ipynb #6084936c
 def _model_device(model): return next(model.parameters()).device
 
 def iter_captures(model, tokenizer, texts:list, layers:list, max_length:int=128, text_batch_size:int=32,
-                  drop_special:bool=True, dtype=torch.float32, first_sequence:int=0, progress:bool=True) -> Iterator[Captured]:
+                  drop_special:bool=True, dtype=torch.float32, first_sequence:int=0, progress:bool=True,
+                  outlier_norm_ratio:Optional[float]=None) -> Iterator[Captured]:
     "Yield a `Captured` for each batch of `text_batch_size` texts."
     device, special = _model_device(model), torch.tensor(sorted(set(tokenizer.all_special_ids)))
     bar = tqdm(total=len(texts), desc='capturing', unit='text', disable=not progress, leave=False)
@@ -207,6 +215,7 @@ def iter_captures(model, tokenizer, texts:list, layers:list, max_length:int=128,
         with torch.no_grad(), capture_hooks(model, layers) as outs:
             try: model(**{k: v.to(device) for k, v in batch.items()})
             except _StopForward: pass
+        if outlier_norm_ratio and keep.any(): keep &= _not_outliers(outs[layers[0]], keep, outlier_norm_ratio)
         rows = torch.arange(keep.shape[0])[:, None].expand_as(keep)
         cols = torch.arange(keep.shape[1]).expand_as(keep)
         yield Captured({l: outs[l][keep.to(device)].to('cpu', dtype) for l in layers}, batch['input_ids'][keep],
@@ -214,7 +223,7 @@ def iter_captures(model, tokenizer, texts:list, layers:list, max_length:int=128,
         bar.update(min(text_batch_size, len(texts) - start))
     bar.close()
 
-# %% ../nbs/04_data.ipynb #6084936c
+# %% ../nbs/04_data.ipynb #076db620
 def collect_activations(model, tokenizer, texts:list,
                         layer:Union[int, str, list]=0, # a block index, a module name, or a list of them
                         max_length:int=128, # tokens per text, after truncation
@@ -222,12 +231,13 @@ def collect_activations(model, tokenizer, texts:list,
                         drop_special:bool=True, # drop BOS/EOS and other special tokens
                         dtype=torch.float32, # dtype of the returned activations
                         progress:bool=True, # show a progress bar
+                        outlier_norm_ratio:Optional[float]=None, # drop tokens whose norm exceeds this × the batch median
                        ) -> Captured:
     "Run `model` over `texts` and capture the activations at `layer` (one or several hook points)."
     layers = layer if isinstance(layer, list) else [layer]
     for l in layers: hook_point(model, l)  # fail before any work on a bad layer
     parts = [c for c in iter_captures(model, tokenizer, texts, layers, max_length, text_batch_size, drop_special, dtype,
-                                      progress=progress) if len(c)]
+                                      progress=progress, outlier_norm_ratio=outlier_norm_ratio) if len(c)]
     if not parts: raise ValueError(f"The {len(texts)} text(s) tokenise to nothing once padding and special tokens are "
                                    f"dropped: give texts with some words in them.")
     return Captured.cat(parts)
@@ -324,16 +334,19 @@ def capture(self:ActivationStore, model, tokenizer, texts:list,
             max_length:int=128, text_batch_size:int=32, drop_special:bool=True,
             dtype=torch.float32, # on-disk dtype (bfloat16 halves the disk)
             shard_tokens:int=65_536, # tokens per shard
-            progress:bool=True) -> str:
+            progress:bool=True,
+            outlier_norm_ratio:Optional[float]=None, # drop tokens whose norm exceeds this × the batch median
+           ) -> str:
     "Capture `layers` of `model` over `texts` into a run, or find the same run already stored. Returns its id."
     layers = layers if isinstance(layers, list) else [layers]
     for l in layers: hook_point(model, l)
     if not texts: raise ValueError("The corpus is empty: give at least one text.")
     info = dict(model=model_name or type(model).__name__, layers=layers, corpus=corpus_fingerprint(texts),
-                n_texts=len(texts), max_length=max_length, drop_special=drop_special)
+                n_texts=len(texts), max_length=max_length, drop_special=drop_special, outlier_norm_ratio=outlier_norm_ratio)
     run_id = hashlib.sha256(json.dumps({**info, 'dtype': _dtype_name(dtype)}, sort_keys=True).encode()).hexdigest()[:12]
     if run_id in self.runs(): return run_id
-    parts = iter_captures(model, tokenizer, texts, layers, max_length, text_batch_size, drop_special, dtype, progress=progress)
+    parts = iter_captures(model, tokenizer, texts, layers, max_length, text_batch_size, drop_special, dtype,
+                          progress=progress, outlier_norm_ratio=outlier_norm_ratio)
     return self._write_run(run_id, parts, info, shard_tokens, dtype)
 
 @patch

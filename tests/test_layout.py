@@ -73,3 +73,13 @@ def test_test_flags_are_space_separated():
     flagged = {m for nb in notebooks() for c in json.loads(nb.read_text())['cells']
                for m in re.findall(r'^#\|\s*(slow|gpu)\s*$', ''.join(c['source']), re.M)}
     assert flagged <= set(cfg['DEFAULT']['tst_flags'].split())
+
+def test_exported_code_has_no_undefined_names():
+    "A name a notebook's test cells imported but the exported cells did not shows up only here, not in nbdev_test."
+    from pyflakes.api import checkPath
+    from pyflakes.reporter import Reporter
+    import io
+    out = io.StringIO()
+    for py in sorted((ROOT/'sae_nb').glob('*.py')): checkPath(str(py), Reporter(out, out))
+    undefined = [l for l in out.getvalue().splitlines() if 'undefined name' in l]
+    assert not undefined, '\n'.join(undefined)
