@@ -357,7 +357,9 @@ def save_run(self:ActivationStore, x:Union[torch.Tensor, Captured], # [tokens, w
     cap = x if isinstance(x, Captured) else Captured({0: x}, *(torch.arange(len(x)) for _ in range(2)), torch.zeros(len(x), dtype=torch.long))
     if not len(cap): raise StoreError("Nothing to store: the tensor is empty.")
     layers = list(cap.acts)
-    digest = hashlib.sha256(b''.join(v.float().numpy().tobytes()[:1 << 20] for v in cap.acts.values())).hexdigest()
+    h = hashlib.sha256()
+    for v in cap.acts.values(): h.update(v.contiguous().view(torch.uint8).numpy())  # every byte: a prefix is not enough
+    digest = h.hexdigest()
     info = dict(model=name, layers=layers, corpus=digest[:16], n_texts=int(cap.sequence_ids.max()) + 1)
     run_id = hashlib.sha256(json.dumps({**info, 'tokens': len(cap)}, sort_keys=True).encode()).hexdigest()[:12]
     if run_id in self.runs(): return run_id

@@ -294,7 +294,7 @@ def _metrics(self:SAETrainer, x, out, terms, total, steps:int, seconds:float) ->
     dead = int((self.state.tokens_since_fired >= self.cfg.dead_feature_window).sum())
     values = {name: float(terms[name][1].detach()) if name in terms else 0.0 for name in LOSS_NAMES}
     f = fvu(x, out.x_hat.float()).item()
-    l0 = (out.h != 0).sum(-1).float().mean().item()
+    l0 = self.sae.get_activation_stats(out.h)['l0']
     lr = self.optimizer.param_groups[0]['lr']
     return TrainingMetrics(step=self.state.step, tokens=self.state.tokens_seen, loss=float(total.detach()), **values,
                            r2=1 - f, fvu=f, l0=l0, dead_features=dead, dead_fraction=dead / self.cfg.latent_dim,
