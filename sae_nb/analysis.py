@@ -14,7 +14,8 @@ from typing import Optional, Union
 import torch
 
 from .config import atomic_write_text
-from .data import Captured, ActivationStore, hook_point, iter_captures
+from .data import Captured, ActivationStore, iter_captures
+from .evaluation import splice
 
 # %% auto #0
 __all__ = ['encode_all', 'captured_from_store', 'plot_feature_histograms', 'Example', 'Contexts', 'top_examples', 'examples_text',
@@ -236,9 +237,4 @@ def steer(model, sae, layer, features:dict, # {feature: alpha}
         current = sae.encode(flat)[:, feats].view(*acts.shape[:-1], -1).to(acts)   # [..., n]
         target = torch.zeros_like(current) if mode == 'zero' else alphas.to(acts).expand_as(current)
         return acts + (target - current) @ atoms
-    def hook(module, args, out):
-        if isinstance(out, tuple): return (edit(out[0]),) + tuple(out[1:])
-        return edit(out)
-    handle = hook_point(model, layer).register_forward_hook(hook)
-    try: yield
-    finally: handle.remove()
+    with splice(model, layer, edit): yield   # the hook of 06_evaluation, removed on exit and on error
