@@ -92,10 +92,11 @@ def _reconstruct(sae, acts, keep, ablate:Optional[int]=None):
     return out
 
 # %% ../nbs/06_evaluation.ipynb #436e4afd
-def _lm_outputs(model, batch):
-    "Next-token logits of a causal LM, else the last hidden state."
+def _lm_outputs(model, batch) -> tuple:
+    "Next-token logits of a causal LM (and True), else the last hidden state (and False)."
     out = model(**batch)
-    return out.logits if getattr(out, 'logits', None) is not None else out.last_hidden_state
+    logits = getattr(out, 'logits', None)
+    return (logits, True) if logits is not None else (out.last_hidden_state, False)
 
 @torch.no_grad()
 def downstream(sae, model, tokenizer, texts:list, layer, max_length:int=128, outlier_norm_ratio:Optional[float]=None,
@@ -106,12 +107,12 @@ def downstream(sae, model, tokenizer, texts:list, layer, max_length:int=128, out
     mask = batch['attention_mask'].bool()
     captured = {}
     def grab(a): captured['acts'] = a; return a
-    with splice(model, layer, grab): clean = _lm_outputs(model, batch).float()
+    with splice(model, layer, grab): clean, causal = _lm_outputs(model, batch)
+    clean = clean.float()
     keep = mask & (_not_outliers(captured['acts'], mask, outlier_norm_ratio).to(device) if outlier_norm_ratio else mask)
     def run(replace):
-        with splice(model, layer, replace): return _lm_outputs(model, batch).float()
+        with splice(model, layer, replace): return _lm_outputs(model, batch)[0].float()
     spliced = run(lambda a: _reconstruct(sae, a, keep))
-    causal = getattr(model(**batch), 'logits', None) is not None
     res = {'spliced_tokens': int(keep.sum())}
     if causal:
         zero = run(lambda a: torch.where(keep[..., None], torch.zeros_like(a), a))
