@@ -31,7 +31,7 @@ setuptools.setup(
     packages=setuptools.find_packages(include=[lib_path, lib_path + '.*']),
     include_package_data=True,
     install_requires=reqs('requirements'),
-    extras_require={'dev': reqs('dev_requirements'), 'embedded': reqs('embedded_requirements')},
+    extras_require={'dev': reqs('dev_requirements'), 'embedded': reqs('embedded_requirements'), 'bench': reqs('bench_requirements')},
     dependency_links=cfg.get('dep_links', '').split(),
     python_requires='>=' + min_python,
     long_description=open('README.md', encoding='utf-8').read(),

@@ -4,12 +4,13 @@ nbdev processes the notebooks (show_doc cells become API tables, directives are 
 nbconvert turns _proc/index.ipynb into README.md; mkdocs with mkdocs-jupyter renders the processed
 notebooks into _docs/, in the order of nbs/sidebar.yml (the same sidebar Quarto uses).
 """
-import json, subprocess, sys
+import json, re, shutil, subprocess, sys
 from pathlib import Path
 
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
+MATHJAX = 'https://cdnjs.cloudflare.com/ajax/libs/mathjax/2.7.7/MathJax.js?config=TeX-AMS_CHTML-full,Safe'  # loaded by readers' browsers
 
 def proc_nbs():
     "Process the notebooks into _proc/ with nbdev (no Quarto needed for this step)."
@@ -44,14 +45,46 @@ def notebook_title(path:Path) -> str:
         if cell['cell_type'] == 'markdown' and src.startswith('# '): return src.splitlines()[0][2:].strip()
     return path.stem
 
+QUARTO_ATTRS = re.compile(r'\{target="_blank"[^}]*\}')  # Quarto link attributes in show_doc output; mkdocs would print them
+
+def web_notebooks(proc:Path, dest:Path) -> Path:
+    """Copy the processed notebooks into `dest` in the shape mkdocs-jupyter renders well: the frontmatter Quarto reads
+    becomes a title and summary, `#|` directives leave the shown code, and `echo: false` cells show only their output."""
+    import nbformat
+    if dest.exists(): shutil.rmtree(dest)
+    shutil.copytree(proc, dest)
+    for path in dest.rglob('*.ipynb'):
+        nb = nbformat.read(path, as_version=4)
+        front = next((c for c in nb.cells if c.cell_type == 'raw' and c.source.startswith('---')), None)
+        if front is not None:
+            meta = yaml.safe_load(front.source.strip().strip('-')) or {}
+            head = f"# {meta.get('title', path.stem)}\n\n" + (f"> {meta['description']}" if meta.get('description') else '')
+            nb.cells[nb.cells.index(front)] = nbformat.v4.new_markdown_cell(head)
+        for cell in nb.cells:
+            if cell.cell_type != 'code': continue
+            if re.search(r'^#\|\s*echo:\s*false', cell.source, re.M): cell.metadata.setdefault('tags', []).append('hide-input')
+            cell.source = '\n'.join(l for l in cell.source.splitlines() if not l.startswith('#|'))
+            for out in cell.get('outputs', []):
+                md = out.get('data', {}).get('text/markdown')
+                if md: out['data']['text/markdown'] = QUARTO_ATTRS.sub('', md if isinstance(md, str) else ''.join(md))
+        nbformat.write(nb, path)
+    return dest
+
 def build_site(proc:Path, site:Path):
     "Render the processed notebooks into an HTML site at `site` with mkdocs-jupyter."
-    nav = [{('Home' if nb == 'index.ipynb' else notebook_title(proc/nb)): nb} for nb in sidebar_notebooks()]
-    cfg = dict(site_name='sae_nb', docs_dir=str(proc), site_dir=str(site), nav=nav, use_directory_urls=False,
-               theme=dict(name='material', features=['navigation.sections']),
-               plugins=['search', dict(**{'mkdocs-jupyter': dict(include=['*.ipynb'], execute=False, include_source=True)})],
-               markdown_extensions=['tables', 'admonition', 'fenced_code'])
     build = ROOT/'_build'; build.mkdir(exist_ok=True)
+    src = web_notebooks(proc, build/'docs_src')
+    def nav_of(items):  # the sidebar's shape, sections included
+        for it in items:
+            if isinstance(it, str): yield {('Home' if it == 'index.ipynb' else notebook_title(ROOT/'nbs'/it)): it}
+            else: yield {it['section']: list(nav_of(it.get('contents', [])))}
+    nav = list(nav_of(yaml.safe_load((ROOT/'nbs/sidebar.yml').read_text())['website']['sidebar']['contents']))
+    jupyter = dict(include=['*.ipynb'], execute=False, include_source=True, remove_tag_config={'remove_input_tags': ['hide-input']},
+                   custom_mathjax_url=MATHJAX)
+    cfg = dict(site_name='sae_nb', docs_dir=str(src), site_dir=str(site), nav=nav, use_directory_urls=False,
+               theme=dict(name='material', features=['navigation.sections']),
+               plugins=['search', {'mkdocs-jupyter': jupyter}],
+               markdown_extensions=['tables', 'admonition', 'fenced_code'])
     (build/'mkdocs.yml').write_text(yaml.safe_dump(cfg, sort_keys=False))
     subprocess.run([sys.executable, '-m', 'mkdocs', 'build', '-q', '-f', str(build/'mkdocs.yml')], cwd=ROOT, check=True)
 

@@ -29,10 +29,11 @@ def encode_all(sae, x:torch.Tensor, batch_size:int=8192) -> torch.Tensor: # [tok
     return torch.cat([sae.encode(b.to(sae.W_dec.device).float()).cpu() for b in x.split(batch_size)])
 
 def captured_from_store(store:ActivationStore, run_id:str, layer=None, max_tokens:Optional[int]=None) -> Captured:
-    "A stored run (up to `max_tokens`) as a `Captured`, with its token ids and positions."
-    key = store.layer_key(run_id, layer)
+    "A stored run (up to `max_tokens`) as a `Captured` keyed by the layer as it was captured (15, not '15'), with its token ids and positions."
+    file_key, meta = store.layer_key(run_id, layer), store.meta(run_id)
+    key = next((l for l in meta.get('layers', []) if str(l) == file_key), file_key)  # as `collect_activations` keys it
     parts, n = [], 0
-    for i in range(len(store.meta(run_id)['shards'])):
+    for i in range(len(meta['shards'])):
         s = store.load_shard(run_id, i, layer)
         parts.append(Captured({key: s['activations']}, s['token_ids'], s['sequence_ids'], s['positions'])); n += len(s['token_ids'])
         if max_tokens and n >= max_tokens: break

@@ -17,20 +17,22 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .config import SAEConfig, ConfigError, TOPK_STYLE, atomic_path, atomic_write_text, pick_device
-from .losses import mse, l1_penalty, decorrelation_loss, auxk_loss, ghost_grads_loss
+from .losses import mse, l1_penalty, decorrelation_loss, auxk_loss, auxk_residual_loss, ghost_grads_loss
+from .kernels import sparse_topk_encode, topk_select, encode_at, triton_decode, fast_sparse_decode
 
 # %% auto #0
 __all__ = ['ACTIVATION_REGISTRY', 'LOSS_NAMES', 'Encoded', 'Activation', 'register_activation', 'SAEOutput', 'SparseAutoencoder',
-           'sparse_decode', 'dense_decode', 'l1_sparsity', 'relu_encode', 'scatter_latents', 'topk_encode',
-           'dense_twin', 'batchtopk_encode', 'l0_sparsity', 'jumprelu_encode', 'geometric_median', 'TopKSae',
-           'CheckpointError']
+           'sparse_decode', 'dense_decode', 'l1_sparsity', 'relu_encode', 'scatter_latents', 'topk_encode_sparse',
+           'topk_encode', 'dense_twin', 'batchtopk_encode', 'l0_sparsity', 'jumprelu_encode', 'geometric_median',
+           'sparse_auxk_loss', 'TopKSae', 'CheckpointError']
 
 # %% ../nbs/02_architecture.ipynb #c3db781c
 class Encoded(NamedTuple):
     "What an activation gives back."
-    h: torch.Tensor # [batch, latent_dim] latents, zero where inactive
+    h: Optional[torch.Tensor] # [batch, latent_dim] latents, zero where inactive (None: build from the top-k on demand)
     top_vals: Optional[torch.Tensor] = None # [batch, k] values of the active latents (top-k style only)
     top_idx: Optional[torch.Tensor] = None # [batch, k] their indices
+    groups: Optional[tuple] = None # the sparse paths: `kernels.group_by_latent(top_idx)`, shared by both backward passes
 
 @dataclass(frozen=True)
 class Activation:
@@ -38,6 +40,7 @@ class Activation:
     encode: Callable # (sae, pre [batch, latent_dim]) -> Encoded
     setup: Optional[Callable] = None # (sae) -> None: add the variant's own parameters or buffers
     sparsity: Optional[Callable] = None # (sae, pre, h) -> scalar sparsity penalty, or None if sparsity is structural
+    encode_sparse: Optional[Callable] = None # (sae, x) -> Encoded without dense pre-activations, for `cfg.kernels` sparse/triton
 
 ACTIVATION_REGISTRY: dict[str, Activation] = {}
 
@@ -47,13 +50,23 @@ def register_activation(name:str, **kwargs):
     return _reg
 
 # %% ../nbs/02_architecture.ipynb #13156ba9
-class SAEOutput(NamedTuple):
+class SAEOutput:
     "What `SparseAutoencoder.forward` returns: the reconstruction, the latents, and what the losses need."
-    x_hat: torch.Tensor # [batch, input_dim] reconstruction
-    h: torch.Tensor # [batch, latent_dim] latents
-    pre_acts: torch.Tensor # [batch, latent_dim] encoder outputs before the activation
-    top_vals: Optional[torch.Tensor] = None # [batch, k] top-k style: active values
-    top_idx: Optional[torch.Tensor] = None # [batch, k] top-k style: active indices
+    def __init__(self, x_hat:torch.Tensor, # [batch, input_dim] reconstruction
+                 h:Optional[torch.Tensor], # [batch, latent_dim] latents (None: built from the top-k when first read)
+                 pre_acts:Optional[torch.Tensor], # [batch, latent_dim] before the activation (None on the sparse paths)
+                 top_vals:Optional[torch.Tensor]=None, # [batch, k] top-k style: active values
+                 top_idx:Optional[torch.Tensor]=None, # [batch, k] top-k style: active indices
+                 latent_dim:Optional[int]=None): # needed when `h` is None
+        self.x_hat, self._h, self.pre_acts, self.top_vals, self.top_idx, self._latent_dim = x_hat, h, pre_acts, top_vals, top_idx, latent_dim
+
+    @property
+    def h(self) -> torch.Tensor:
+        "Dense latents; on the sparse paths they are scattered from the top-k only when something reads them."
+        if self._h is None: self._h = scatter_latents(self.top_vals, self.top_idx, self._latent_dim)
+        return self._h
+
+    def __iter__(self): return iter((self.x_hat, self.h, self.pre_acts, self.top_vals, self.top_idx))
 
 # %% ../nbs/02_architecture.ipynb #cae00da0
 class SparseAutoencoder(nn.Module):
@@ -91,8 +104,9 @@ def _check_width(sae, x):
 @patch
 def encode_full(self:SparseAutoencoder, x:torch.Tensor # [batch, input_dim]
                ) -> tuple:
-    "Pre-activations `[batch, latent_dim]` and `Encoded` latents of `x`."
+    "Pre-activations `[batch, latent_dim]` (None on the sparse paths) and `Encoded` latents of `x`."
     _check_width(self, x)
+    if self.activation.encode_sparse and self.cfg.kernels != 'autograd': return None, self.activation.encode_sparse(self, x)
     pre = _pre_acts(self, x)
     return pre, self.activation.encode(self, pre)
 
@@ -100,7 +114,8 @@ def encode_full(self:SparseAutoencoder, x:torch.Tensor # [batch, input_dim]
 def encode(self:SparseAutoencoder, x:torch.Tensor # [batch, input_dim]
           ) -> torch.Tensor: # [batch, latent_dim]
     "The latents of `x`."
-    return self.encode_full(x)[1].h
+    enc = self.encode_full(x)[1]
+    return enc.h if enc.h is not None else scatter_latents(enc.top_vals, enc.top_idx, self.cfg.latent_dim)
 
 @patch
 def decode(self:SparseAutoencoder, h:torch.Tensor # [batch, latent_dim]
@@ -125,12 +140,14 @@ def dense_decode(top_vals, top_idx, W_dec):
 @patch
 def forward(self:SparseAutoencoder, x:torch.Tensor # [batch, input_dim]
            ) -> SAEOutput:
-    "Encode and decode `x`; sparse decoding for top-k when `cfg.sparse_decode`."
+    "Encode and decode `x`; sparse decoding for top-k when `cfg.sparse_decode` (by Triton kernels when `cfg.kernels='triton'`)."
     pre, enc = self.encode_full(x)
-    if enc.top_idx is not None and self.cfg.sparse_decode:
-        x_hat = sparse_decode(enc.top_vals, enc.top_idx, self.W_dec) + self.b_dec
+    if enc.top_idx is not None and (self.cfg.sparse_decode or enc.h is None):
+        if self.cfg.kernels == 'sparse': x_hat = fast_sparse_decode(enc.top_vals, enc.top_idx, self.W_dec, enc.groups)
+        else: x_hat = (triton_decode if self.cfg.kernels == 'triton' else sparse_decode)(enc.top_vals, enc.top_idx, self.W_dec)
+        x_hat = x_hat + self.b_dec
     else: x_hat = self.decode(enc.h)
-    return SAEOutput(x_hat, enc.h, pre, enc.top_vals, enc.top_idx)
+    return SAEOutput(x_hat, enc.h, pre, enc.top_vals, enc.top_idx, self.cfg.latent_dim)
 
 # %% ../nbs/02_architecture.ipynb #f7793d11
 def l1_sparsity(sae, pre, h):
@@ -146,7 +163,12 @@ def scatter_latents(vals, idx, latent_dim):
     "Dense `[batch, latent_dim]` latents from top-k values and indices."
     return torch.zeros(vals.shape[0], latent_dim, dtype=vals.dtype, device=vals.device).scatter(1, idx, vals)
 
-@register_activation('topk')
+def topk_encode_sparse(sae, x):
+    "The top-k latents of `x` with the sparse encoder backward of `02a_kernels`; no dense latents."
+    vals, idx, _, groups = sparse_topk_encode(x, sae.W_enc, sae.b_enc, sae.b_dec, sae.cfg.k, use_triton=sae.cfg.kernels == 'triton')
+    return Encoded(None, vals, idx, groups)
+
+@register_activation('topk', encode_sparse=topk_encode_sparse)
 def topk_encode(sae, pre):
     vals, idx = pre.topk(sae.cfg.k, dim=-1, sorted=False)
     vals = F.relu(vals)
@@ -154,9 +176,9 @@ def topk_encode(sae, pre):
 
 # %% ../nbs/02_architecture.ipynb #49ecb55a
 def dense_twin(sae:SparseAutoencoder) -> SparseAutoencoder:
-    "A shallow copy of `sae` sharing its parameters but decoding densely (the reference for the sparse path)."
+    "A shallow copy of `sae` sharing its parameters but encoding and decoding densely, through autograd (the reference for the sparse paths)."
     twin = copy.copy(sae)
-    twin.cfg = replace(sae.cfg, sparse_decode=False)
+    twin.cfg = replace(sae.cfg, sparse_decode=False, kernels='autograd')
     return twin
 
 # %% ../nbs/02_architecture.ipynb #6ec4fbd5
@@ -260,6 +282,16 @@ def remove_parallel_grads(self:SparseAutoencoder):
     self.W_dec.grad -= (self.W_dec.grad * atoms).sum(-1, keepdim=True) * atoms
 
 # %% ../nbs/02_architecture.ipynb #54d8c713
+def sparse_auxk_loss(sae:SparseAutoencoder, x, x_hat, dead_mask) -> torch.Tensor:
+    "`auxk_loss` for the sparse paths: only the dead latents' pre-activations are computed, with the sparse backward."
+    dead = dead_mask.nonzero().squeeze(1)
+    if len(dead) == 0: return x.new_zeros(())
+    k_aux = sae.cfg.aux_k
+    vals, j = topk_select(x, sae.W_enc[:, dead], sae.b_enc[dead], sae.b_dec, min(k_aux, len(dead)))
+    idx = dead[j]
+    vals = encode_at(vals, idx, x, sae.W_enc, sae.b_enc, sae.b_dec, use_triton=sae.cfg.kernels == 'triton')
+    return auxk_residual_loss(x, x_hat, vals, idx, sae.W_dec, min(len(dead) / k_aux, 1.0))
+
 LOSS_NAMES = ('recon_loss', 'l1_loss', 'decorr_loss', 'probe_loss', 'temporal_loss', 'auxk_loss', 'ghost_loss')
 
 @patch
@@ -278,9 +310,10 @@ def loss_terms(self:SparseAutoencoder, x, x_hat, h, # [batch, input_dim], [batch
     if c.probe_loss_coeff and probe_loss is not None: terms['probe_loss'] = (c.probe_loss_coeff, probe_loss)
     if c.temporal_smoothness_coeff and temporal_loss is not None:
         terms['temporal_loss'] = (c.temporal_smoothness_coeff, temporal_loss)
+    if dead_mask is not None and c.activation in TOPK_STYLE and c.auxk_coeff:
+        if pre_acts is not None: terms['auxk_loss'] = (c.auxk_coeff, auxk_loss(x, x_hat, pre_acts, dead_mask, self.W_dec, c.aux_k))
+        elif self.activation.encode_sparse: terms['auxk_loss'] = (c.auxk_coeff, sparse_auxk_loss(self, x, x_hat, dead_mask))
     if dead_mask is not None and pre_acts is not None:
-        if c.activation in TOPK_STYLE and c.auxk_coeff:
-            terms['auxk_loss'] = (c.auxk_coeff, auxk_loss(x, x_hat, pre_acts, dead_mask, self.W_dec, c.aux_k))
         if c.activation == 'relu' and c.use_ghost_grads:
             terms['ghost_loss'] = (1.0, ghost_grads_loss(x, x_hat, pre_acts, dead_mask, self.W_dec))
     return terms

@@ -68,6 +68,7 @@ class SAEConfig:
     jumprelu_bandwidth:float = setting(0.001, "jumprelu: kernel width of the straight-through estimator")
     b_dec_init:str = setting('geometric_median', "decoder bias from a data sample: geometric_median, mean or zeros")
     sparse_decode:bool = setting(True, "topk: decode by gathering the k active atoms instead of a dense product")
+    kernels:str = setting('sparse', "topk: autograd (dense reference), sparse (backward touches only the k active latents) or triton (sparse, Triton kernels)")
     probe_classes:int = setting(0, "classes of the optional linear probe on the latents (0: no probe)")
     # loss weights
     reconstruction_coeff:float = setting(1.0, "weight of the reconstruction (MSE) loss")
@@ -171,6 +172,7 @@ def _validate(cfg):
     _need(cfg.grad_clip is None or cfg.grad_clip > 0, cfg, 'grad_clip', "it must be None or > 0")
     _one_of(cfg, 'lr_schedule', ('constant', 'linear', 'cosine'))
     _one_of(cfg, 'amp_dtype', ('bfloat16', 'float16'))
+    _one_of(cfg, 'kernels', ('autograd', 'sparse', 'triton'))
     _one_of(cfg, 'wandb_mode', ('offline', 'online', 'disabled'))
     _need(cfg.device == 'auto' or _parses_as_device(cfg.device), cfg, 'device', "use auto, cpu, cuda, cuda:N or mps")
 

@@ -212,6 +212,8 @@ def iter_captures(model, tokenizer, texts:list, layers:list, max_length:int=128,
                           truncation=True, max_length=max_length)
         keep = batch['attention_mask'].bool()
         if drop_special: keep &= ~torch.isin(batch['input_ids'], special)
+        if not keep.any():  # every text of the batch tokenises to nothing: no forward pass to run
+            bar.update(min(text_batch_size, len(texts) - start)); continue
         with torch.no_grad(), capture_hooks(model, layers) as outs:
             try: model(**{k: v.to(device) for k, v in batch.items()})
             except _StopForward: pass
@@ -315,11 +317,18 @@ def _write_run(self:ActivationStore, run_id:str, parts:Iterable, info:dict, shar
         cap = Captured.cat(pending); pending.clear()
         width.update({str(k): v.shape[-1] for k, v in cap.acts.items()})
         shards.append(_write_shard(run, cap, len(shards), dtype))
-    for part in parts:
-        if len(part): pending.append(part)
-        if sum(map(len, pending)) >= shard_tokens: flush()
-    flush()
-    if not shards: raise StoreError("Nothing to store: the texts tokenise to nothing, or the tensor is empty.")
+    try:
+        for part in parts:
+            if len(part): pending.append(part)
+            if sum(map(len, pending)) >= shard_tokens: flush()
+        flush()
+        if not shards: raise StoreError("Nothing to store: the texts tokenise to nothing, or the tensor is empty.")
+    except BaseException:  # an error (not a kill) leaves nothing behind: no partial run, no empty store folders
+        shutil.rmtree(run, ignore_errors=True)
+        for folder in (run.parent, run.parent.parent):
+            try: folder.rmdir()
+            except OSError: break
+        raise
     meta = {**info, 'run_id': run_id, 'input_dim': width, 'dtype': _dtype_name(dtype),
             'tokens': sum(s['tokens'] for s in shards), 'shards': shards,
             'created': datetime.now(timezone.utc).isoformat(timespec='seconds')}
@@ -413,13 +422,15 @@ def mix_batches(chunks:Iterable, # tensors of [tokens, width]
     for chunk in chunks:
         held.append(chunk); n += len(chunk)
         if n >= max(buffer_tokens, batch_size):
-            buf = torch.cat(held); buf = buf[torch.randperm(len(buf), generator=generator)]
+            buf = held[0] if len(held) == 1 else torch.cat(held)
+            order = torch.randperm(len(buf), generator=generator)  # each batch is gathered once, not the whole buffer
             give = max(len(buf) // 2 // batch_size, 1) * batch_size
-            for i in range(0, give, batch_size): yield buf[i:i + batch_size]
-            held, n = [buf[give:]], len(buf) - give
+            for i in range(0, give, batch_size): yield buf[order[i:i + batch_size]]
+            held, n = [buf[order[give:]]], len(buf) - give
     if n:
-        buf = torch.cat(held); buf = buf[torch.randperm(len(buf), generator=generator)]
-        for i in range(0, len(buf), batch_size): yield buf[i:i + batch_size]
+        buf = held[0] if len(held) == 1 else torch.cat(held)
+        order = torch.randperm(len(buf), generator=generator)
+        for i in range(0, len(buf), batch_size): yield buf[order[i:i + batch_size]]
 
 # %% ../nbs/04_data.ipynb #9ee2c8c5
 class ActivationSource:

@@ -11,12 +11,12 @@ import torch.nn.functional as F
 
 # %% auto #0
 __all__ = ['mse', 'fvu', 'explained_variance', 'l1_penalty', 'decorrelation_loss', 'decorrelation_loss_naive', 'auxk_loss',
-           'ghost_grads_loss', 'probe_loss', 'temporal_smoothness_loss']
+           'auxk_residual_loss', 'ghost_grads_loss', 'probe_loss', 'temporal_smoothness_loss']
 
 # %% ../nbs/03_losses.ipynb #9d35a164
 def mse(x:torch.Tensor, x_hat:torch.Tensor) -> torch.Tensor: # [batch, input_dim] each
-    "Mean squared error over all elements."
-    return (x_hat - x).pow(2).mean()
+    "Mean squared error over all elements (one fused kernel forward and backward)."
+    return F.mse_loss(x_hat, x)
 
 def fvu(x:torch.Tensor, x_hat:torch.Tensor) -> torch.Tensor:
     "Fraction of variance unexplained: Σ‖x − x̂‖² / Σ‖x − mean(x)‖²."
@@ -60,12 +60,17 @@ def auxk_loss(x:torch.Tensor, # [batch, input_dim] inputs
     "Normalised error of reconstructing the residual x − x̂ with the top-k_aux dead latents."
     n_dead = int(dead_mask.sum())
     if n_dead == 0: return x.new_zeros(())
-    k = min(k_aux, n_dead)
-    residual = (x - x_hat).detach()
-    vals, idx = pre_acts.masked_fill(~dead_mask, float('-inf')).topk(k, dim=-1, sorted=False)
-    residual_hat = F.embedding_bag(idx, W_dec, per_sample_weights=F.relu(vals), mode='sum')
-    scale = min(n_dead / k_aux, 1.0)
-    return scale * (residual_hat - residual).pow(2).sum() / (x - x.mean(0)).pow(2).sum().clamp(min=1e-12)
+    vals, idx = pre_acts.masked_fill(~dead_mask, float('-inf')).topk(min(k_aux, n_dead), dim=-1, sorted=False)
+    return auxk_residual_loss(x, x_hat, vals, idx, W_dec, min(n_dead / k_aux, 1.0))
+
+def auxk_residual_loss(x, x_hat, # [batch, input_dim] inputs and reconstruction
+                       vals, idx, # [batch, k_aux] pre-activations of the chosen dead latents, and their indices
+                       W_dec:torch.Tensor, # [latent_dim, input_dim]
+                       scale:float, # min(dead / k_aux, 1): fewer dead latents, less weight
+                      ) -> torch.Tensor:
+    "AuxK's error once its dead latents are chosen (shared by the dense and the sparse encoders)."
+    residual_hat = F.embedding_bag(idx, W_dec, per_sample_weights=F.relu(vals).to(W_dec.dtype), mode='sum')
+    return scale * (residual_hat - (x - x_hat).detach()).pow(2).sum() / (x - x.mean(0)).pow(2).sum().clamp(min=1e-12)
 
 # %% ../nbs/03_losses.ipynb #45b41e07
 def ghost_grads_loss(x:torch.Tensor, # [batch, input_dim] inputs

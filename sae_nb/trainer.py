@@ -22,9 +22,9 @@ from .data import ActivationSource, InMemoryActivations
 
 # %% auto #0
 __all__ = ['ARCHITECTURE_FIELDS', 'BENCH_SCRIPT', 'lr_factor', 'TrainingMetrics', 'TrainingState', 'update_dead_counters',
-           'resample_dead_latents', 'train_step', 'Callback', 'ProgressCallback', 'WandbCallback', 'checkpoint_name',
-           'list_checkpoints', 'latest_checkpoint', 'save_checkpoint', 'load_checkpoint', 'CheckpointCallback',
-           'SAETrainer', 'train_sae', 'benchmark_training']
+           'fired_latents', 'resample_dead_latents', 'train_step', 'Callback', 'ProgressCallback', 'WandbCallback',
+           'checkpoint_name', 'list_checkpoints', 'latest_checkpoint', 'save_checkpoint', 'load_checkpoint',
+           'CheckpointCallback', 'SAETrainer', 'train_sae', 'benchmark_training']
 
 # %% ../nbs/05_trainer.ipynb #2771bbbd
 def lr_factor(step:int, # 0-based step
@@ -55,6 +55,7 @@ class TrainingState:
     tokens_seen:int = 0 # training tokens consumed
     tokens_since_fired:Optional[torch.Tensor] = None # [latent_dim] tokens since each latent last fired
     data_position:dict = field(default_factory=dict) # the data source's `state_dict()`
+    any_dead:bool = False # some latent was dead at the last check (every min(log_every, window/batch) steps): only then does AuxK run
     best_eval_loss:float = math.inf # best evaluation loss so far
     evals_since_best:int = 0 # evaluations since it improved
     eval_x:Optional[torch.Tensor] = None # [tokens, input_dim] held-out evaluation activations
@@ -68,6 +69,13 @@ def update_dead_counters(tokens_since_fired:torch.Tensor, # [latent_dim]
                         ) -> torch.Tensor:
     "Zero the counters of latents that fired in the batch; add the batch's tokens to the rest."
     return torch.where(fired, torch.zeros_like(tokens_since_fired), tokens_since_fired + n_tokens)
+
+def fired_latents(out, # a `SAEOutput`
+                  latent_dim:int) -> torch.Tensor: # [latent_dim] bool
+    "Latents active on some token of the batch; read from the top-k indices when there are some, so no dense latents are built."
+    if out.top_idx is None: return (out.h != 0).any(0)
+    hits = torch.zeros(latent_dim, device=out.top_idx.device).index_add_(0, out.top_idx.flatten(), (out.top_vals != 0).flatten().float())
+    return hits > 0
 
 # %% ../nbs/05_trainer.ipynb #2734f63c
 @torch.no_grad()
@@ -100,7 +108,8 @@ def train_step(sae, optimizer, x:torch.Tensor, # [batch, input_dim]
     "One optimisation step; returns the forward output, the loss terms and the total loss."
     with autocast():
         out = sae(x)
-        terms = sae.loss_terms(x, out.x_hat.float(), out.h, pre_acts=out.pre_acts, dead_mask=dead_mask)
+        h = out.h if sae.activation.sparsity else None  # top-k losses never read the dense latents
+        terms = sae.loss_terms(x, out.x_hat.float(), h, pre_acts=out.pre_acts, dead_mask=dead_mask)
         total = sum(w * v for w, v in terms.values())
     optimizer.zero_grad(set_to_none=True)
     (scaler.scale(total) if scaler else total).backward()
@@ -180,6 +189,8 @@ def _state_payload(trainer) -> dict:
 def save_checkpoint(trainer, folder:Union[str, Path]) -> Path:
     "Write the trainer's checkpoint into `folder` atomically; returns its path."
     folder, final = Path(folder), Path(folder)/checkpoint_name(trainer.state.step)
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(f"checkpoint_dir={str(folder)!r} is a file, not a folder: choose another checkpoint_dir.")
     try:
         folder.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f'.tmp-{final.name}-', dir=folder))
@@ -232,7 +243,7 @@ class SAETrainer:
         if config.use_amp and config.amp_dtype == 'float16' and self.device.type != 'cuda':
             raise ConfigError("amp_dtype='float16' needs a CUDA GPU (it relies on a gradient scaler); use amp_dtype='bfloat16'.")
         self.sae = (sae or SparseAutoencoder(config, device=self.device)).to(self.device)
-        self.optimizer = torch.optim.Adam(self.sae.parameters(), lr=config.learning_rate)
+        self.optimizer = torch.optim.Adam(self.sae.parameters(), lr=config.learning_rate, fused=True)  # one kernel for all parameters
         self.scaler = torch.amp.GradScaler('cuda') if config.use_amp and config.amp_dtype == 'float16' else None
         self.state, self.parallel, self.total_steps, self.last_checkpoint = TrainingState(), parallel, None, None
         main = parallel is None or parallel.rank == 0  # only one process shows progress, logs and saves
@@ -267,7 +278,9 @@ def _check_batch(x:torch.Tensor, cfg:SAEConfig, step:int):
     if x.dim() != 2 or x.shape[-1] != cfg.input_dim:
         raise ValueError(f"The data's activations have shape {tuple(x.shape)} but the SAE reads input_dim={cfg.input_dim}. "
                          f"Capture the layer the config was made for, or set input_dim={x.shape[-1]}.")
-    if not torch.isfinite(x).all():
+    # one reduction instead of an elementwise test (a NaN or Inf makes the sum non-finite); on the GPU the logged loss
+    # catches them instead, without a sync per step
+    if x.device.type == 'cpu' and not torch.isfinite(x.sum()) and not torch.isfinite(x).all():
         raise ValueError(f"The batch at step {step} holds NaN or Inf activations. The SAE was not updated with it; "
                          f"the last checkpoint is intact. Check the capture (a dtype overflow?) or filter the data.")
 
@@ -282,7 +295,7 @@ def _resume(self:SAETrainer, path, source):
     self.sae.load_state_dict(sae.state_dict())
     self.optimizer.load_state_dict(payload['optimizer'])
     if self.scaler and payload['scaler']: self.scaler.load_state_dict(payload['scaler'])
-    self.state = TrainingState(**{f.name: payload[f.name] for f in fields(TrainingState)})
+    self.state = TrainingState(**{f.name: payload[f.name] for f in fields(TrainingState) if f.name in payload})
     if self.state.tokens_since_fired is not None: self.state.tokens_since_fired = self.state.tokens_since_fired.to(self.device)
     source.load_state_dict(self.state.data_position)
     _set_rng_state(payload['rng'])
@@ -348,14 +361,18 @@ def step(self:SAETrainer, x:torch.Tensor # [batch, input_dim] on the CPU
     cfg, s = self.cfg, self.state
     if cfg.max_steps and s.step >= cfg.max_steps: return True
     _check_batch(x, cfg, s.step)
+    if self.device.type == 'cuda' and x.device.type == 'cpu': x = x.pin_memory()  # the copy overlaps the previous step's kernels
     x = x.to(self.device, non_blocking=True)
     for g in self.optimizer.param_groups: g['lr'] = cfg.learning_rate * lr_factor(s.step, cfg.warmup_steps, cfg.lr_schedule, self.total_steps)
-    out, terms, total = train_step(self.sae, self.optimizer, x, s.tokens_since_fired >= cfg.dead_feature_window,
+    dead_mask = s.tokens_since_fired >= cfg.dead_feature_window if s.any_dead else None
+    out, terms, total = train_step(self.sae, self.optimizer, x, dead_mask,
                                    self._autocast, self.scaler, self.parallel.sync_grads if self.parallel else None)
     s.step, s.tokens_seen, self._steps_since_log = s.step + 1, s.tokens_seen + len(x), self._steps_since_log + 1
-    fired, n = (out.h != 0).any(0), len(x)
+    fired, n = fired_latents(out, cfg.latent_dim), len(x)
     if self.parallel: fired, n = self.parallel.reduce_fired(fired, n)  # a latent fired if it fired on any process
     s.tokens_since_fired = update_dead_counters(s.tokens_since_fired, fired, n)
+    if s.step % max(1, min(cfg.log_every, cfg.dead_feature_window // len(x))) == 0:  # the one sync for dead latents
+        s.any_dead = bool((s.tokens_since_fired >= cfg.dead_feature_window).any())
     if s.step % cfg.normalize_decoder_every == 0: self.sae.normalize_decoder()
     if cfg.resample_dead_every and s.step % cfg.resample_dead_every == 0: self._resample(x, out)
     s.data_position = self.source.state_dict()
@@ -370,6 +387,7 @@ def _resample(self:SAETrainer, x, out):
     gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + self.state.step)  # stateless: same after a resume
     if resample_dead_latents(self.sae, self.optimizer, x, out.x_hat.detach(), dead, gen):
         self.state.tokens_since_fired[dead] = 0
+        self.state.any_dead = False
         if self.parallel: self.parallel.broadcast(self.sae)
 
 @patch
@@ -447,23 +465,25 @@ BENCH_SCRIPT = '''
 import json, resource, sys, time, torch
 from sae_nb.config import SAEConfig
 from sae_nb.trainer import SAETrainer
-cfg = SAEConfig(**json.loads(sys.argv[1]))
-x = torch.randn(cfg.batch_size * (3 + int(sys.argv[2])), cfg.input_dim)
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+cfg, steps = SAEConfig(**json.loads(sys.argv[1])), int(sys.argv[2])
+dev = torch.device(cfg.device)
+x = torch.randn(cfg.batch_size * (3 + steps), cfg.input_dim, device=dev)  # on a GPU the data is resident: no copies timed
 tr = SAETrainer(cfg, progress=False)
 tr.train(x[:cfg.batch_size * 3])
+if dev.type == 'cuda': torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats()
 t = time.perf_counter()
 tr.train(x[cfg.batch_size * 3:])
+if dev.type == 'cuda': torch.cuda.synchronize()
 took = time.perf_counter() - t
-print(json.dumps({'tokens_per_s': len(x[cfg.batch_size * 3:]) / took, 'peak_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                  'step_ms': 1000 * took / int(sys.argv[2])}))
+peak = torch.cuda.max_memory_allocated() / 2**20 if dev.type == 'cuda' else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps({'tokens_per_s': cfg.batch_size * steps / took, 'step_ms': 1000 * took / steps, 'peak_mb': peak}))
 '''
 
-def benchmark_training(cfg:SAEConfig, steps:int=20) -> dict:
-    "Tokens/s, ms per step and peak memory (MB) of training `cfg` on random activations, in a fresh process."
+def benchmark_training(cfg:SAEConfig, steps:int=20, device:str='cpu') -> dict:
+    "Tokens/s, ms per step and peak memory (MB; the GPU's on CUDA) of training `cfg` on random activations, in a fresh process."
     import json, subprocess, sys
     c = {**cfg.to_dict(), 'max_epochs': 1, 'eval_every': 0, 'checkpoint_every': 0, 'warmup_steps': 0,
-         'checkpoint_dir': tempfile.mkdtemp(), 'log_every': 10**9, 'device': 'cpu'}
+         'checkpoint_dir': tempfile.mkdtemp(), 'log_every': 10**9, 'device': device}
     res = subprocess.run([sys.executable, '-c', BENCH_SCRIPT, json.dumps(c), str(steps)], capture_output=True, text=True)
     if res.returncode: raise RuntimeError(res.stderr[-2000:])
     return json.loads(res.stdout.strip().splitlines()[-1])
