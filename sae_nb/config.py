@@ -67,7 +67,7 @@ class SAEConfig:
     jumprelu_threshold:float = setting(0.001, "jumprelu: initial threshold of every latent")
     jumprelu_bandwidth:float = setting(0.001, "jumprelu: kernel width of the straight-through estimator")
     b_dec_init:str = setting('geometric_median', "decoder bias from a data sample: geometric_median, mean or zeros")
-    sparse_decode:bool = setting(True, "topk: decode by gathering the k active atoms instead of a dense product")
+    sparse_decode:bool = setting(True, "topk with kernels=autograd: decode by gathering the k active atoms instead of a dense product (the sparse kernels always gather)")
     kernels:str = setting('sparse', "topk: autograd (dense reference), sparse (backward touches only the k active latents) or triton (sparse, Triton kernels)")
     probe_classes:int = setting(0, "classes of the optional linear probe on the latents (0: no probe)")
     # loss weights
