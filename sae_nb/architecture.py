@@ -143,8 +143,8 @@ def forward(self:SparseAutoencoder, x:torch.Tensor # [batch, input_dim]
     "Encode and decode `x`; sparse decoding for top-k when `cfg.sparse_decode` (by Triton kernels when `cfg.kernels='triton'`)."
     pre, enc = self.encode_full(x)
     if enc.top_idx is not None and (self.cfg.sparse_decode or enc.h is None):
-        if self.cfg.kernels == 'sparse': x_hat = fast_sparse_decode(enc.top_vals, enc.top_idx, self.W_dec, enc.groups)
-        else: x_hat = (triton_decode if self.cfg.kernels == 'triton' else sparse_decode)(enc.top_vals, enc.top_idx, self.W_dec)
+        if self.cfg.kernels == 'autograd': x_hat = sparse_decode(enc.top_vals, enc.top_idx, self.W_dec)
+        else: x_hat = (triton_decode if self.cfg.kernels == 'triton' else fast_sparse_decode)(enc.top_vals, enc.top_idx, self.W_dec, enc.groups)
         x_hat = x_hat + self.b_dec
     else: x_hat = self.decode(enc.h)
     return SAEOutput(x_hat, enc.h, pre, enc.top_vals, enc.top_idx, self.cfg.latent_dim)
@@ -165,7 +165,7 @@ def scatter_latents(vals, idx, latent_dim):
 
 def topk_encode_sparse(sae, x):
     "The top-k latents of `x` with the sparse encoder backward of `02a_kernels`; no dense latents."
-    vals, idx, _, groups = sparse_topk_encode(x, sae.W_enc, sae.b_enc, sae.b_dec, sae.cfg.k, use_triton=sae.cfg.kernels == 'triton')
+    vals, idx, groups = sparse_topk_encode(x, sae.W_enc, sae.b_enc, sae.b_dec, sae.cfg.k, use_triton=sae.cfg.kernels == 'triton')
     return Encoded(None, vals, idx, groups)
 
 @register_activation('topk', encode_sparse=topk_encode_sparse)

@@ -13,10 +13,11 @@ import torch
 
 from .config import SAEConfig
 from .trainer import benchmark_training
+from .sweep import Table
 
 # %% auto #0
-__all__ = ['SIDE_BY_SIDE_SCRIPT', 'machine', 'Timing', 'time_fn', 'peak_memory_mb', 'matmul_rate', 'flop_limit', 'Table',
-           'speed_table', 'plot_speed', 'bench_activations', 'side_by_side', 'streaming_overhead']
+__all__ = ['SIDE_BY_SIDE_SCRIPT', 'machine', 'Timing', 'time_fn', 'peak_memory_mb', 'matmul_rate', 'flop_limit', 'speed_table',
+           'plot_speed', 'bench_activations', 'side_by_side', 'streaming_overhead']
 
 # %% ../nbs/08_benchmarks.ipynb #fb52cdcd
 def machine() -> str:
@@ -64,15 +65,6 @@ def flop_limit(cfg:SAEConfig, gflops:float) -> float:
     return gflops * 1e9 / (4 * cfg.input_dim * cfg.latent_dim)
 
 # %% ../nbs/08_benchmarks.ipynb #4250b16d
-class Table(list):
-    "Rows (dicts with the same keys) that show as a markdown table."
-    def _repr_markdown_(self) -> str:
-        if not self: return '(no rows)'
-        fmt = lambda v: f"{v:,.0f}" if isinstance(v, float) and abs(v) >= 100 else f"{v:.3g}" if isinstance(v, float) else str(v)
-        keys = list(self[0])
-        lines = ['| ' + ' | '.join(keys) + ' |', '|' + '---|' * len(keys)]
-        return '\n'.join(lines + ['| ' + ' | '.join(fmt(r.get(k, '')) for k in keys) + ' |' for r in self])
-
 def speed_table(configs:dict, # label -> SAEConfig
                 steps:int=10, device:str='cpu', gflops:Optional[float]=None, # matmul rate: adds the FLOP-limit fraction
                ) -> Table:

@@ -107,12 +107,11 @@ def encode_at(vals:torch.Tensor, # [batch, k] pre-activations at `idx`, computed
     return _EncodeAt.apply(vals, idx, x, W_enc, b_enc, b_dec, use_triton, groups)
 
 def sparse_topk_encode(x, W_enc, b_enc, b_dec, k:int, use_triton:bool=False) -> tuple:
-    "Top-k latents of `x` as (values after the ReLU, indices, pre-activation values; each [batch, k]) and, when training, their `ByLatent` grouping."
+    "Top-k latents of `x`: values after the ReLU and indices (each [batch, k]), and, when training, their `ByLatent` grouping."
     pre_vals, idx = topk_select(x, W_enc, b_enc, b_dec, k)
     training = torch.is_grad_enabled() and W_enc.requires_grad
     groups = group_by_latent(idx, W_enc.shape[1]) if training else None  # shared by the decoder's backward and the encoder's
-    pre_vals = encode_at(pre_vals, idx, x, W_enc, b_enc, b_dec, use_triton, groups)
-    return F.relu(pre_vals), idx, pre_vals, groups
+    return F.relu(encode_at(pre_vals, idx, x, W_enc, b_enc, b_dec, use_triton, groups)), idx, groups
 
 # %% ../nbs/02a_kernels.ipynb #8195c991
 class _SparseDecode(torch.autograd.Function):
@@ -212,13 +211,14 @@ def triton_segment_sum(groups:ByLatent, weights:torch.Tensor, src:torch.Tensor) 
 # %% ../nbs/02a_kernels.ipynb #da34fc6f
 class _TritonDecode(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, vals, idx, W_dec):
+    def forward(ctx, vals, idx, W_dec, groups):
         K = _triton(); _check_triton_device(W_dec)
         n, k = idx.shape; D = W_dec.shape[1]
         vals, idx = vals.contiguous(), idx.contiguous()
         out = torch.empty(n, D, dtype=torch.result_type(vals, W_dec), device=W_dec.device)
         K['decode'][(n, triton.cdiv(D, _block(D)))](idx, vals, W_dec, out, k, D, BLOCK_D=_block(D))
         ctx.save_for_backward(vals, idx, W_dec)
+        ctx.groups = groups
         return out
 
     @staticmethod
@@ -233,12 +233,13 @@ class _TritonDecode(torch.autograd.Function):
             K['gathered_dot'][(n, triton.cdiv(k, bk))](idx, g, W_dec, d_vals, k, D, BLOCK_K=bk, BLOCK_D=_block(D))
             d_vals = d_vals.to(vals.dtype)
         if ctx.needs_input_grad[2]:
-            d_W = triton_segment_sum(group_by_latent(idx, W_dec.shape[0]), vals, g).to(W_dec.dtype)
-        return d_vals, None, d_W
+            d_W = triton_segment_sum(ctx.groups or group_by_latent(idx, W_dec.shape[0]), vals, g).to(W_dec.dtype)
+        return d_vals, None, d_W, None
 
 def triton_decode(vals:torch.Tensor, # [batch, k] values of the active latents
                   idx:torch.Tensor, # [batch, k] their indices
                   W_dec:torch.Tensor, # [latent_dim, input_dim]
+                  groups:ByLatent|None=None, # `group_by_latent(idx)`, if already computed
                  ) -> torch.Tensor: # [batch, input_dim], without the decoder bias
     "`sparse_decode` by Triton kernels, forward and backward."
-    return _TritonDecode.apply(vals, idx, W_dec)
+    return _TritonDecode.apply(vals, idx, W_dec, groups)

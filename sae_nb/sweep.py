@@ -16,17 +16,31 @@ from .data import ActivationSource, InMemoryActivations
 from .trainer import SAETrainer
 
 # %% auto #0
-__all__ = ['ABC_CONFIGS', 'SweepResults', 'train_sweep', 'DataParallel', 'DistributedSlice', 'init_distributed',
+__all__ = ['ABC_CONFIGS', 'Table', 'SweepResults', 'train_sweep', 'DataParallel', 'DistributedSlice', 'init_distributed',
            'train_distributed']
 
 # %% ../nbs/05a_sweep.ipynb #3ff7578e
+def _cell(v) -> str:
+    if isinstance(v, bool) or not isinstance(v, (int, float)): return str(v)
+    if isinstance(v, int): return f"{v:,}"
+    return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.3g}"
+
+class Table(list):
+    "Rows (dicts with the same keys) that show as a markdown table."
+    def _repr_markdown_(self) -> str:
+        if not self: return '(no rows)'
+        keys = list(self[0])
+        lines = ['| ' + ' | '.join(keys) + ' |', '|' + '---|' * len(keys)]
+        return '\n'.join(lines + ['| ' + ' | '.join(_cell(r.get(k, '')) for k in keys) + ' |' for r in self])
+
+# %% ../nbs/05a_sweep.ipynb #ea6fef95
 class SweepResults:
     "The trainers of a sweep and a summary table of them."
     def __init__(self, names:list, trainers:list, seconds:list): self.names, self.trainers, self.seconds = names, trainers, seconds
 
-    def rows(self) -> list:
+    def rows(self) -> Table:
         "One dict per configuration: steps, time, losses, speed and quality."
-        out = []
+        out = Table()
         for name, tr, secs in zip(self.names, self.trainers, self.seconds):
             h, steps = tr.history, tr.state.step
             epoch_tokens = tr.state.tokens_seen / max(tr.cfg.max_epochs, 1)
@@ -38,11 +52,7 @@ class SweepResults:
                             dead_fraction=h['dead_fraction'][-1] if h['dead_fraction'] else math.nan))
         return out
 
-    def _repr_markdown_(self):
-        rows = self.rows()
-        cols = list(rows[0])
-        fmt = lambda v: f"{v:,.4g}" if isinstance(v, float) else f"{v:,}" if isinstance(v, int) else str(v)
-        return '\n'.join(['| ' + ' | '.join(cols) + ' |', '|' + '---|' * len(cols)] + ['| ' + ' | '.join(fmt(r[c]) for c in cols) + ' |' for r in rows])
+    def _repr_markdown_(self): return self.rows()._repr_markdown_()
 
 # %% ../nbs/05a_sweep.ipynb #7b123482
 def _place(configs:list) -> list:
