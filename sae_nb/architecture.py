@@ -17,7 +17,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .config import SAEConfig, ConfigError, TOPK_STYLE, atomic_path, atomic_write_text, pick_device
-from .losses import mse, l1_penalty, decorrelation_loss, auxk_loss, auxk_residual_loss, ghost_grads_loss
+from .losses import (batch_variance, normalized_mse, l1_penalty, decorrelation_loss, auxk_loss, auxk_residual_loss,
+                           ghost_grads_loss, probe_loss, temporal_smoothness_loss)
 from .kernels import sparse_topk_encode, topk_select, encode_at, triton_decode, fast_sparse_decode
 
 # %% auto #0
@@ -39,7 +40,7 @@ class Activation:
     "A registry entry: how one SAE variant turns pre-activations into latents."
     encode: Callable # (sae, pre [batch, latent_dim]) -> Encoded
     setup: Optional[Callable] = None # (sae) -> None: add the variant's own parameters or buffers
-    sparsity: Optional[Callable] = None # (sae, pre, h) -> scalar sparsity penalty, or None if sparsity is structural
+    sparsity: Optional[Callable] = None # (sae, pre, h, sigma) -> scalar sparsity penalty, or None if sparsity is structural
     encode_sparse: Optional[Callable] = None # (sae, x) -> Encoded without dense pre-activations, for `cfg.kernels` sparse/triton
 
 ACTIVATION_REGISTRY: dict[str, Activation] = {}
@@ -86,6 +87,9 @@ class SparseAutoencoder(nn.Module):
         self.b_enc = nn.Parameter(torch.zeros(Fl))
         self.b_dec = nn.Parameter(torch.zeros(D))
         self.probe = nn.Linear(Fl, config.probe_classes) if config.probe_classes else None
+        self.register_buffer('input_scale', torch.tensor(1.0))  # inputs are multiplied by this (see "Normalised inputs")
+        self._scale = 1.0  # the same as a Python float: read on every call without a device sync
+        self.register_load_state_dict_post_hook(lambda module, keys: module._sync_scale())
         self.activation = ACTIVATION_REGISTRY[config.activation]
         if self.activation.setup: self.activation.setup(self)
         self.to(pick_device(device or config.device))
@@ -94,6 +98,19 @@ class SparseAutoencoder(nn.Module):
 
 # %% ../nbs/02_architecture.ipynb #582a8f8c
 def _pre_acts(sae, x): return (x - sae.b_dec) @ sae.W_enc + sae.b_enc
+
+@patch
+def _sync_scale(self:SparseAutoencoder): self._scale = float(self.input_scale)
+
+@patch
+def set_input_scale(self:SparseAutoencoder, scale:float):
+    "Make the SAE multiply its inputs by `scale` (and divide its reconstructions by it)."
+    self.input_scale.fill_(scale); self._sync_scale()
+
+@patch
+def scale_input(self:SparseAutoencoder, x): return x * self._scale if self._scale != 1.0 else x
+@patch
+def unscale_output(self:SparseAutoencoder, x_hat): return x_hat / self._scale if self._scale != 1.0 else x_hat
 
 def _check_width(sae, x):
     if x.shape[-1] != sae.cfg.input_dim:
@@ -106,6 +123,7 @@ def encode_full(self:SparseAutoencoder, x:torch.Tensor # [batch, input_dim]
                ) -> tuple:
     "Pre-activations `[batch, latent_dim]` (None on the sparse paths) and `Encoded` latents of `x`."
     _check_width(self, x)
+    x = self.scale_input(x)
     if self.activation.encode_sparse and self.cfg.kernels != 'autograd': return None, self.activation.encode_sparse(self, x)
     pre = _pre_acts(self, x)
     return pre, self.activation.encode(self, pre)
@@ -121,7 +139,7 @@ def encode(self:SparseAutoencoder, x:torch.Tensor # [batch, input_dim]
 def decode(self:SparseAutoencoder, h:torch.Tensor # [batch, latent_dim]
           ) -> torch.Tensor: # [batch, input_dim]
     "The reconstruction from dense latents `h`."
-    return h @ self.W_dec + self.b_dec
+    return self.unscale_output(h @ self.W_dec + self.b_dec)
 
 # %% ../nbs/02_architecture.ipynb #f1355093
 def sparse_decode(top_vals:torch.Tensor, # [batch, k] values of the active latents
@@ -145,14 +163,14 @@ def forward(self:SparseAutoencoder, x:torch.Tensor # [batch, input_dim]
     if enc.top_idx is not None and (self.cfg.sparse_decode or enc.h is None):
         if self.cfg.kernels == 'autograd': x_hat = sparse_decode(enc.top_vals, enc.top_idx, self.W_dec)
         else: x_hat = (triton_decode if self.cfg.kernels == 'triton' else fast_sparse_decode)(enc.top_vals, enc.top_idx, self.W_dec, enc.groups)
-        x_hat = x_hat + self.b_dec
+        x_hat = self.unscale_output(x_hat + self.b_dec)
     else: x_hat = self.decode(enc.h)
     return SAEOutput(x_hat, enc.h, pre, enc.top_vals, enc.top_idx, self.cfg.latent_dim)
 
 # %% ../nbs/02_architecture.ipynb #f7793d11
-def l1_sparsity(sae, pre, h):
-    "The L1 penalty of `03_losses`, weighted by decoder norms when `cfg.l1_weight_by_decoder_norm`."
-    return l1_penalty(h, sae.W_dec.norm(dim=-1) if sae.cfg.l1_weight_by_decoder_norm else None)
+def l1_sparsity(sae, pre, h, sigma=1.0): # sigma: the batch's spread, `batch_variance(x).sqrt()`
+    "The L1 penalty of `03_losses` over σ, weighted by decoder norms when `cfg.l1_weight_by_decoder_norm`."
+    return l1_penalty(h, sae.W_dec.norm(dim=-1) if sae.cfg.l1_weight_by_decoder_norm else None) / sigma
 
 @register_activation('relu', sparsity=l1_sparsity)
 def relu_encode(sae, pre):
@@ -232,7 +250,7 @@ class _Step(torch.autograd.Function):
 def _jumprelu_setup(sae):
     sae.log_threshold = nn.Parameter(torch.full((sae.cfg.latent_dim,), math.log(sae.cfg.jumprelu_threshold)))
 
-def l0_sparsity(sae, pre, h):
+def l0_sparsity(sae, pre, h, sigma=1.0): # a count: the same at any scale, so sigma is not needed
     "Mean over tokens of the number of active latents, with straight-through gradients for the thresholds."
     if pre is None: raise ValueError("The jumprelu L0 penalty needs the pre-activations: pass pre_acts=out.pre_acts.")
     return _Step.apply(pre, sae.log_threshold.exp(), sae.cfg.jumprelu_bandwidth).sum(-1).mean()
@@ -261,7 +279,7 @@ def init_b_dec(self:SparseAutoencoder, x:torch.Tensor # [n, input_dim] a sample 
               ):
     "Set the decoder bias from a data sample, as `cfg.b_dec_init` says."
     _check_width(self, x)
-    how = self.cfg.b_dec_init
+    x, how = self.scale_input(x), self.cfg.b_dec_init
     centre = geometric_median(x.float()) if how == 'geometric_median' else x.float().mean(0) if how == 'mean' else torch.zeros(x.shape[-1])
     self.b_dec.copy_(centre.to(self.b_dec))
     return self
@@ -281,6 +299,21 @@ def remove_parallel_grads(self:SparseAutoencoder):
     atoms = self.W_dec / self.W_dec.norm(dim=-1, keepdim=True).clamp(min=1e-8)
     self.W_dec.grad -= (self.W_dec.grad * atoms).sum(-1, keepdim=True) * atoms
 
+# %% ../nbs/02_architecture.ipynb #576755a8
+@patch
+@torch.no_grad()
+def fold_input_scale(self:SparseAutoencoder) -> SparseAutoencoder:
+    "Move `input_scale` into the weights (it becomes 1): same latents and outputs on raw activations."
+    s = self._scale
+    self.W_enc.mul_(s); self.W_dec.div_(s); self.b_dec.div_(s)
+    self.set_input_scale(1.0)
+    return self
+
+@patch
+def folded(self:SparseAutoencoder) -> SparseAutoencoder:
+    "This SAE if its `input_scale` is 1, else a copy with the scale folded into the weights (for export)."
+    return self if self._scale == 1.0 else copy.deepcopy(self).fold_input_scale()
+
 # %% ../nbs/02_architecture.ipynb #54d8c713
 def sparse_auxk_loss(sae:SparseAutoencoder, x, x_hat, dead_mask) -> torch.Tensor:
     "`auxk_loss` for the sparse paths: only the dead latents' pre-activations are computed, with the sparse backward."
@@ -294,22 +327,31 @@ def sparse_auxk_loss(sae:SparseAutoencoder, x, x_hat, dead_mask) -> torch.Tensor
 
 LOSS_NAMES = ('recon_loss', 'l1_loss', 'decorr_loss', 'probe_loss', 'temporal_loss', 'auxk_loss', 'ghost_loss')
 
+def _need(value, what:str, term:str, fix:str):
+    if value is None: raise ValueError(f"{term} needs {what} for every token, and the batch has none: {fix}.")
+    return value
+
 @patch
 def loss_terms(self:SparseAutoencoder, x, x_hat, h, # [batch, input_dim], [batch, input_dim], [batch, latent_dim]
-               probe_loss=None, # a probe's loss from `losses.probe_loss`, if any
-               temporal_loss=None, # a temporal-smoothness loss from `losses.temporal_smoothness_loss`, if any
                *, pre_acts=None, # [batch, latent_dim]: needed by jumprelu, AuxK and ghost grads
                dead_mask=None, # [latent_dim] bool: dead latents, for AuxK and ghost grads
+               labels=None, # [batch] class per token (-1: none), for the probe loss
+               sequence_ids=None, positions=None, # [batch] each: text and position of each token, for temporal smoothness
               ) -> dict:
-    "The active loss terms as `{name: (weight, scalar tensor)}`."
+    "The active loss terms as `{name: (weight, scalar tensor)}`, each on the scale of the batch's variance."
     c, terms = self.cfg, {}
-    if c.reconstruction_coeff: terms['recon_loss'] = (c.reconstruction_coeff, mse(x, x_hat))
+    var = batch_variance(x.detach().float())
+    if c.reconstruction_coeff: terms['recon_loss'] = (c.reconstruction_coeff, normalized_mse(x, x_hat, var))
     if c.l1_penalty_coeff and self.activation.sparsity:
-        terms['l1_loss'] = (c.l1_penalty_coeff, self.activation.sparsity(self, pre_acts, h))
+        terms['l1_loss'] = (c.l1_penalty_coeff, self.activation.sparsity(self, pre_acts, h, var.sqrt()))
     if c.decorrelation_coeff: terms['decorr_loss'] = (c.decorrelation_coeff, decorrelation_loss(self.W_dec))
-    if c.probe_loss_coeff and probe_loss is not None: terms['probe_loss'] = (c.probe_loss_coeff, probe_loss)
-    if c.temporal_smoothness_coeff and temporal_loss is not None:
-        terms['temporal_loss'] = (c.temporal_smoothness_coeff, temporal_loss)
+    if c.probe_loss_coeff:
+        labels = _need(labels, 'a label', 'probe_loss_coeff > 0', 'give the texts labels (04_data)')
+        terms['probe_loss'] = (c.probe_loss_coeff, probe_loss(h, labels, self.probe))
+    if c.temporal_smoothness_coeff:
+        fix = 'train from a source (04_data), which gives them'
+        seq, pos = (_need(t, 'a text id and a position', 'temporal_smoothness_coeff > 0', fix) for t in (sequence_ids, positions))
+        terms['temporal_loss'] = (c.temporal_smoothness_coeff, temporal_smoothness_loss(h, seq, pos) / var)
     if dead_mask is not None and c.activation in TOPK_STYLE and c.auxk_coeff:
         if pre_acts is not None: terms['auxk_loss'] = (c.auxk_coeff, auxk_loss(x, x_hat, pre_acts, dead_mask, self.W_dec, c.aux_k))
         elif self.activation.encode_sparse: terms['auxk_loss'] = (c.auxk_coeff, sparse_auxk_loss(self, x, x_hat, dead_mask))
@@ -319,10 +361,15 @@ def loss_terms(self:SparseAutoencoder, x, x_hat, h, # [batch, input_dim], [batch
     return terms
 
 @patch
-def compute_loss_components(self:SparseAutoencoder, x, x_hat, h, probe_loss=None, temporal_loss=None, *,
-                            pre_acts=None, dead_mask=None) -> dict:
+def needs_dense_latents(self:SparseAutoencoder) -> bool:
+    "Whether `loss_terms` reads the dense latents `h` (the sparse top-k paths avoid building them otherwise)."
+    c = self.cfg
+    return bool(self.activation.sparsity and c.l1_penalty_coeff or c.probe_loss_coeff or c.temporal_smoothness_coeff)
+
+@patch
+def compute_loss_components(self:SparseAutoencoder, x, x_hat, h, **kwargs) -> dict:
     "Each loss term as a float (0.0 when off), `total_loss`, and `total_loss_tensor` to back-propagate."
-    terms = self.loss_terms(x, x_hat, h, probe_loss, temporal_loss, pre_acts=pre_acts, dead_mask=dead_mask)
+    terms = self.loss_terms(x, x_hat, h, **kwargs)
     total = sum(w * v for w, v in terms.values()) if terms else x.new_zeros(())
     res = {name: float(terms[name][1].detach()) if name in terms else 0.0 for name in LOSS_NAMES}
     return {**res, "total_loss": float(total.detach()), "total_loss_tensor": total}
@@ -365,7 +412,7 @@ def _read_safetensors(path:Path) -> dict:
                               f"Re-save the SAE or restore the file.") from None
 
 def _load_state(sae, tensors:dict, source):
-    want = sae.state_dict()
+    want, tensors = sae.state_dict(), {'input_scale': torch.tensor(1.0), **tensors}  # saved before inputs could be scaled
     missing, extra = sorted(set(want) - set(tensors)), sorted(set(tensors) - set(want))
     if missing or extra:
         raise CheckpointError(f"{source} does not match its config ({sae.cfg.activation}, {sae.cfg.input_dim} → "
@@ -404,7 +451,7 @@ _CORE = ('W_enc', 'b_enc', 'W_dec', 'b_dec')
 @patch
 def save_checkpoint_dict(self:SparseAutoencoder, path:str|Path, losses:list=()) -> Path:
     "Write the seed checkpoint dict (`W_enc`, `b_enc`, `W_dec`, `b_dec`, `losses`, `config`) with `torch.save`."
-    state = {k: v.detach().cpu().clone() for k, v in self.state_dict().items()}
+    state = {k: v.detach().cpu().clone() for k, v in self.folded().state_dict().items()}
     with atomic_path(path) as tmp:
         torch.save({**state, 'losses': [float(l) for l in losses], 'config': self.cfg.to_dict()}, tmp)
     return Path(path)
@@ -438,10 +485,10 @@ _TO_SAELENS = {'relu': 'standard', 'topk': 'topk', 'batchtopk': 'batchtopk', 'ju
 
 @patch
 def save_saelens(self:SparseAutoencoder, path:str|Path, model_name:str='', hook_name:str='') -> Path:
-    "Write the SAELens on-disk layout: `cfg.json` + `sae_weights.safetensors`."
-    path, c = Path(path), self.cfg
-    tensors = {k: getattr(self, k).detach().cpu().contiguous() for k in _CORE}
-    if c.activation == 'jumprelu': tensors['threshold'] = self.log_threshold.detach().exp().cpu()
+    "Write the SAELens on-disk layout: `cfg.json` + `sae_weights.safetensors` (any input scale folded into the weights)."
+    path, c, sae = Path(path), self.cfg, self.folded()
+    tensors = {k: getattr(sae, k).detach().cpu().contiguous() for k in _CORE}
+    if c.activation == 'jumprelu': tensors['threshold'] = sae.log_threshold.detach().exp().cpu()
     with atomic_path(path/'sae_weights.safetensors') as tmp: save_file(tensors, str(tmp))
     cfg = dict(architecture=_TO_SAELENS[c.activation], d_in=c.input_dim, d_sae=c.latent_dim, dtype='float32',
                device='cpu', apply_b_dec_to_input=True, normalize_activations='none', model_name=model_name,

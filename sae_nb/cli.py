@@ -14,7 +14,8 @@ from fastcore.script import anno_parser
 
 from .config import SAEConfig, ConfigError, PRESETS, preset_config, atomic_path, atomic_write_text
 from .architecture import CheckpointError
-from .data import (ActivationStore, ActivationShardDataset, StoreError, ModelNotFoundError, load_model, load_texts)
+from .data import (ActivationStore, ActivationShardDataset, StoreError, ModelNotFoundError, load_model, load_texts,
+                         load_labelled_texts)
 from .trainer import SAETrainer
 
 # %% auto #0
@@ -48,13 +49,16 @@ def _parse_layers(layer:str) -> list:
     "'15' -> [15]; '3,model.layers.4.mlp' -> [3, 'model.layers.4.mlp']."
     return [int(l) if l.strip().lstrip('-').isdigit() else l.strip() for l in str(layer).split(',') if l.strip()]
 
-def _corpus(texts:str, max_texts:int) -> list:
-    passages = load_texts(texts)
-    return passages[:max_texts] if max_texts else passages
+def _corpus(texts:str, max_texts:int, labelled:bool=False) -> tuple:
+    "The passages, and with `labelled` (or a .jsonl / .csv file) their labels and class names (else None, None)."
+    if labelled or Path(texts).suffix in ('.jsonl', '.csv'): passages, labels, names = load_labelled_texts(texts)
+    else: passages, labels, names = load_texts(texts), None, None
+    n = max_texts or len(passages)
+    return passages[:n], labels[:n] if labels else None, names
 
 def sae_capture(model:str='smollm2', # a built-in model name, a folder, or a hub name
                 layer:str='15', # block index or module name; several separated by commas
-                texts:str='shakespeare', # 'shakespeare', a .txt file or a folder of them
+                texts:str='shakespeare', # 'shakespeare', a .txt file or a folder of them, or a .jsonl / .csv with text and label columns
                 max_texts:int=600, # use the first this many passages (0: all)
                 max_length:int=128, # tokens per passage
                 text_batch_size:int=16, # passages per forward pass
@@ -66,9 +70,10 @@ def sae_capture(model:str='smollm2', # a built-in model name, a folder, or a hub
     if dtype not in ('float32', 'bfloat16', 'float16'): raise ValueError(f"--dtype {dtype}: use float32, bfloat16 or float16.")
     m, tok = load_model(model)
     st = ActivationStore(store)
-    run_id = st.capture(m, tok, _corpus(texts, max_texts), layers=_parse_layers(layer), model_name=model,
+    passages, labels, names = _corpus(texts, max_texts)
+    run_id = st.capture(m, tok, passages, layers=_parse_layers(layer), model_name=model,
                         max_length=max_length, text_batch_size=text_batch_size, dtype=getattr(torch, dtype),
-                        outlier_norm_ratio=outlier_norm_ratio or None)
+                        outlier_norm_ratio=outlier_norm_ratio or None, labels=labels, label_names=names)
     meta = st.meta(run_id)
     print(f"run {run_id}: {meta['tokens']:,} tokens of {model} at {', '.join(map(str, meta['layers']))} in {st.run_dir(run_id)}")
     return run_id
@@ -86,7 +91,7 @@ def _base_config(config:Optional[str], model:str) -> tuple:
 
 def _apply_flags(cfg:SAEConfig, flags:dict) -> SAEConfig:
     "Override `cfg` with the flags that were given (not None)."
-    names = dict(l1_coef='l1_penalty_coeff')
+    names = dict(l1_coef='l1_penalty_coeff', probe_coef='probe_loss_coeff', temporal_coef='temporal_smoothness_coeff')
     changes = {names.get(k, k): v for k, v in flags.items() if v is not None}
     return replace(cfg, **changes)
 
@@ -106,13 +111,19 @@ def _data_for(cfg, model, layer, texts, max_texts, max_length, shard_dir, store,
         if len(layers) != 1: raise ValueError(f"--layer {layer}: sae_train trains one SAE on one layer; give one.")
         st = ActivationStore(store)
         if mode != 'capture': raise ValueError(f"--mode {mode}: use capture (the command line streams through the store).")
-        run_id = st.capture(m, tok, _corpus(texts, max_texts), layers=layers, model_name=model, max_length=max_length,
+        passages, labels, names = _corpus(texts, max_texts, labelled=cfg.probe_loss_coeff > 0 and texts == 'shakespeare')
+        run_id = st.capture(m, tok, passages, layers=layers, model_name=model, max_length=max_length, labels=labels, label_names=names,
                             text_batch_size=cfg.text_batch_size, outlier_norm_ratio=outlier_norm_ratio or None, progress=progress)
-    width = next(iter(st.meta(run_id)['input_dim'].values()))
+    meta = st.meta(run_id)
+    width = next(iter(meta['input_dim'].values()))
     if width != cfg.input_dim:
         if user_dim: raise ConfigError(f"The config's input_dim={cfg.input_dim} but the activations are {width} wide: fix the config or the layer.")
         cfg = replace(cfg, input_dim=width)
-    return ActivationShardDataset(st, run_id, batch_size=cfg.batch_size, epochs=cfg.max_epochs, seed=cfg.seed), cfg, st, run_id
+    if meta.get('labels') and not cfg.probe_classes: cfg = replace(cfg, probe_classes=max(2, meta['labels']['classes']))
+    if cfg.probe_loss_coeff and not meta.get('labels'):
+        raise ValueError("--probe-coef needs labelled texts: give --texts a .jsonl or .csv file with a label column.")
+    source = ActivationShardDataset(st, run_id, batch_size=cfg.batch_size, epochs=cfg.max_epochs, seed=cfg.seed, run_length=cfg.run_length)
+    return source, cfg, st, run_id
 
 # %% ../nbs/05b_cli.ipynb #1d358a32
 @torch.no_grad()
@@ -120,8 +131,8 @@ def firing_frequencies(sae, source_batches, max_tokens:int=50_000) -> torch.Tens
     "Fraction of tokens each latent fires on, over up to `max_tokens` tokens."
     counts, n = torch.zeros(sae.cfg.latent_dim), 0
     sae.eval()
-    for x in source_batches:
-        x = x[:max_tokens - n]
+    for b in source_batches:
+        x = b.acts[:max_tokens - n]
         counts += (sae.encode(x.to(sae.W_dec.device)) != 0).sum(0).float().cpu(); n += len(x)
         if n >= max_tokens: break
     sae.train()
@@ -135,7 +146,7 @@ def save_plots(trainer, freqs:torch.Tensor, out:Path) -> list:
     fig, axs = plt.subplots(1, 2, figsize=(10, 3.2))
     axs[0].plot(h['step'], h['loss']); axs[0].set(title='training loss', xlabel='step', yscale='log')
     axs[1].plot(h['step'], h['r2'], label='train batch')
-    if ev['step']: axs[1].plot(ev['step'], [1 - f for f in ev['eval_fvu']], 'o-', label='held out')
+    if ev['step']: axs[1].plot(ev['step'], [1 - f for f in ev['eval_fvu']], 'o-', label=f"held out ({_split_text(trainer)})")
     axs[1].set(title='explained variance (R²)', xlabel='step', ylim=(min(0, min(h['r2'], default=0)), 1)); axs[1].legend()
     fig.tight_layout()
     with atomic_path(out/'training_curves.png') as tmp: fig.savefig(tmp, format='png', dpi=110)
@@ -150,14 +161,24 @@ def save_plots(trainer, freqs:torch.Tensor, out:Path) -> list:
     return ['training_curves.png', 'feature_density.png']
 
 # %% ../nbs/05b_cli.ipynb #103f4204
+def _split_text(trainer) -> str:
+    "What the reported FVU was measured on, in words."
+    sp = trainer.state.split
+    if not sp: return 'the last training batch (nothing held out)'
+    if sp.get('given'): return f"{sp['tokens']:,} held-out tokens given by the caller"
+    return f"{sp['tokens']:,} held-out tokens of {sp['texts']} whole texts never trained on"
+
 def write_report(trainer, freqs, out:Path, seconds:float, train_seconds:float, source_name:str) -> dict:
     "Save the SAE, its config, metrics.json, the plots and report.md into `out`; returns the summary."
     sae, s = trainer.sae, trainer.state
-    eval_loss, eval_fvu = trainer.evaluate_loss(s.eval_x) if s.eval_x is not None else (float('nan'), trainer.history['fvu'][-1])
+    held = trainer.evaluate_batch(s.eval_batch) if s.eval_x is not None else {}
+    fvu = held.get('eval_fvu', trainer.history['fvu'][-1])
     summary = dict(source=source_name, steps=s.step, tokens=s.tokens_seen, seconds=round(seconds, 1),
-                   tokens_per_s=round(s.tokens_seen / max(train_seconds, 1e-9)), fvu=round(eval_fvu, 4),
-                   explained_variance=round(1 - eval_fvu, 4), mse=eval_loss, l0=round(trainer.history['l0'][-1], 2),
-                   dead_fraction=round(float((freqs == 0).float().mean()), 4), latents=sae.cfg.latent_dim)
+                   tokens_per_s=round(s.tokens_seen / max(train_seconds, 1e-9)), fvu=round(fvu, 4),
+                   explained_variance=round(1 - fvu, 4), measured_on=_split_text(trainer),
+                   mse=held.get('eval_loss', float('nan')), l0=round(trainer.history['l0'][-1], 2),
+                   dead_fraction=round(float((freqs == 0).float().mean()), 4), latents=sae.cfg.latent_dim,
+                   **{k.replace('eval_', 'held_out_'): round(v, 4) for k, v in held.items() if k not in ('eval_loss', 'eval_fvu')})
     sae.save(out/'sae')
     sae.cfg.save(out/'cfg.json')
     atomic_write_text(out/'metrics.json', json.dumps({'summary': summary, 'history': trainer.history,
@@ -170,7 +191,7 @@ def write_report(trainer, freqs, out:Path, seconds:float, train_seconds:float, s
 # %% ../nbs/05b_cli.ipynb #84bcbab8
 def sae_train(model:str='smollm2', # model to capture from: a built-in name, a folder, or a hub name
               layer:str='15', # block index or module name to read
-              texts:str='shakespeare', # corpus: 'shakespeare', a .txt file or a folder of them
+              texts:str='shakespeare', # corpus: 'shakespeare', a .txt file or folder, or a .jsonl / .csv with text and label columns
               max_texts:int=600, # use the first this many passages (0: all)
               max_length:int=128, # tokens per passage
               shard_dir:str=None, # train from this stored run (store/activations/<run_id>) instead of capturing
@@ -182,6 +203,10 @@ def sae_train(model:str='smollm2', # model to capture from: a built-in name, a f
               expansion_factor:float=None, # latents per input dimension
               k:int=None, # active latents per token (topk, batchtopk)
               l1_coef:float=None, # sparsity penalty weight (relu, jumprelu)
+              probe_coef:float=None, # weight of the probe loss (needs labelled texts; 'shakespeare' is labelled by play)
+              temporal_coef:float=None, # weight of the temporal-smoothness loss (sets --run-length 16 unless given)
+              run_length:int=None, # consecutive tokens of a text kept together by the shuffle
+              normalize_activations:str=None, # none or expected_average_only_in
               batch_size:int=None, # tokens per step
               learning_rate:float=None, # peak learning rate
               max_epochs:int=None, # passes over the activations
@@ -199,7 +224,10 @@ def sae_train(model:str='smollm2', # model to capture from: a built-in name, a f
     t0, out = time.perf_counter(), Path(out)
     _check_out(out)
     cfg, user_dim = _base_config(config, model)
+    if temporal_coef and run_length is None: run_length = max(cfg.run_length, 16)
     cfg = _apply_flags(cfg, dict(activation=activation, expansion_factor=expansion_factor, k=k, l1_coef=l1_coef,
+                                 probe_coef=probe_coef, temporal_coef=temporal_coef, run_length=run_length,
+                                 normalize_activations=normalize_activations,
                                  batch_size=batch_size, learning_rate=learning_rate, max_epochs=max_epochs, max_steps=max_steps,
                                  device=device, wandb_project=None if no_wandb else wandb_project, wandb_mode=wandb_mode,
                                  checkpoint_dir=checkpoint_dir or (cfg.checkpoint_dir if config else str(out/'checkpoints'))))
@@ -212,8 +240,11 @@ def sae_train(model:str='smollm2', # model to capture from: a built-in name, a f
     summary = write_report(trainer, freqs, out, time.perf_counter() - t0, train_seconds, f"{model} layer {layer}" if not shard_dir else str(shard_dir))
     print(f"trained {cfg.activation} SAE ({cfg.input_dim} -> {cfg.latent_dim}, k={cfg.k}) on {summary['tokens']:,} tokens "
           f"in {summary['seconds']}s ({summary['tokens_per_s']:,} tokens/s training)")
-    print(f"held-out FVU {summary['fvu']:.4f} (explained variance {summary['explained_variance']:.4f}), "
+    print(f"FVU {summary['fvu']:.4f} (explained variance {summary['explained_variance']:.4f}) on {summary['measured_on']}; "
           f"L0 {summary['l0']:.1f}, dead {summary['dead_fraction']:.1%} of latents; results in {out}/ (report.md)")
+    if 'held_out_probe_accuracy' in summary:
+        print(f"probe accuracy on held-out tokens {summary['held_out_probe_accuracy']:.3f} "
+              f"(always guessing the commonest class: {summary['held_out_probe_majority']:.3f})")
     return summary
 
 def sae_train_main(): sys.exit(run_command(sae_train))

@@ -69,14 +69,15 @@ class SAEConfig:
     b_dec_init:str = setting('geometric_median', "decoder bias from a data sample: geometric_median, mean or zeros")
     sparse_decode:bool = setting(True, "topk with kernels=autograd: decode by gathering the k active atoms instead of a dense product (the sparse kernels always gather)")
     kernels:str = setting('sparse', "topk: autograd (dense reference), sparse (backward touches only the k active latents) or triton (sparse, Triton kernels)")
-    probe_classes:int = setting(0, "classes of the optional linear probe on the latents (0: no probe)")
+    probe_classes:int = setting(0, "classes of the linear probe on the latents, trained from the texts' labels (0: no probe)")
+    normalize_activations:str = setting('none', "none, or expected_average_only_in: scale inputs to a mean squared norm of input_dim (estimated once, saved, folded on export)")
     # loss weights
     reconstruction_coeff:float = setting(1.0, "weight of the reconstruction (MSE) loss")
     l1_penalty_coeff:float = setting(0.0, "weight of the sparsity penalty: L1 for relu, the L0 estimate for jumprelu")
     l1_weight_by_decoder_norm:bool = setting(True, "scale each latent's L1 by its decoder norm, so shrinking the encoder cannot game it")
     decorrelation_coeff:float = setting(0.0, "weight of the decoder decorrelation loss, sum of squared cosines between atoms")
     probe_loss_coeff:float = setting(0.0, "weight of the probe's cross-entropy (needs probe_classes ≥ 2)")
-    temporal_smoothness_coeff:float = setting(0.0, "weight of the penalty on latents changing between adjacent tokens")
+    temporal_smoothness_coeff:float = setting(0.0, "weight of the penalty on latents changing between adjacent tokens (needs run_length ≥ 2)")
     auxk_coeff:float = setting(1/32, "topk: weight of the AuxK loss that revives dead latents (Gao et al. 2024, §A.2)")
     k_aux:Optional[int] = setting(None, "dead latents AuxK may use per token (None: input_dim // 2)")
     # optimisation
@@ -98,11 +99,12 @@ class SAEConfig:
     normalize_decoder_every:int = setting(1, "steps between rescaling the decoder atoms to unit norm")
     # streaming
     text_batch_size:int = setting(32, "texts per forward pass of the model when capturing or streaming")
+    run_length:int = setting(1, "consecutive tokens of one text that the shuffle keeps together in a batch (≥ 2 for temporal smoothness)")
     # evaluation and logging
     log_every:int = setting(50, "steps between logged metrics")
     checkpoint_every:int = setting(1000, "steps between checkpoints (0: only at the end)")
     eval_every:int = setting(500, "steps between evaluations (0: never)")
-    eval_tokens:int = setting(8192, "tokens held out from the start of the data to evaluate on (0: none)")
+    eval_tokens:int = setting(8192, "tokens of whole texts, picked at random, held out of training to evaluate on (0: none)")
     early_stopping_patience:Optional[int] = setting(None, "stop after this many evaluations with no improvement (None: never)")
     wandb_project:Optional[str] = setting(None, "log to this Weights & Biases project (None: no wandb)")
     wandb_mode:str = setting('offline', "offline, online or disabled; online only when asked for")
@@ -162,6 +164,10 @@ def _validate(cfg):
     _need(cfg.probe_classes >= 0, cfg, 'probe_classes', "it must be ≥ 0")
     _need(cfg.probe_loss_coeff == 0 or cfg.probe_classes >= 2, cfg, 'probe_classes',
           "a probe loss (probe_loss_coeff > 0) needs at least 2 classes")
+    _one_of(cfg, 'normalize_activations', ('none', 'expected_average_only_in'))
+    _need(cfg.run_length >= 1, cfg, 'run_length', "it must be at least 1")
+    _need(cfg.temporal_smoothness_coeff == 0 or cfg.run_length >= 2, cfg, 'run_length',
+          "temporal smoothness (temporal_smoothness_coeff > 0) needs batches with adjacent tokens: set run_length ≥ 2, e.g. 16")
     for name in ('k_aux', 'max_steps', 'early_stopping_patience'):
         _need(getattr(cfg, name) is None or getattr(cfg, name) >= 1, cfg, name, "it must be None or at least 1")
     for name in ('batch_size', 'max_epochs', 'dead_feature_window', 'text_batch_size', 'log_every',

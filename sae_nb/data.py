@@ -23,10 +23,11 @@ from .testing import tiny_gpt2
 
 # %% auto #0
 __all__ = ['SMOLLM2_GGUF', 'BUILTIN_MODELS', 'cache_dir', 'ModelNotFoundError', 'load_model', 'split_passages', 'load_texts',
-           'find_blocks', 'hook_point', 'capture_hooks', 'Captured', 'iter_captures', 'collect_activations',
-           'StoreError', 'shard_name', 'corpus_fingerprint', 'ActivationStore', 'mix_batches', 'ActivationSource',
-           'InMemoryActivations', 'ActivationShardDataset', 'StreamingActivations', 'activation_scale',
-           'fold_activation_scale']
+           'find_blocks', 'hook_point', 'capture_hooks', 'Captured', 'check_labels', 'encode_labels',
+           'load_labelled_texts', 'iter_captures', 'collect_activations', 'StoreError', 'shard_name',
+           'corpus_fingerprint', 'ActivationStore', 'Batch', 'as_batch', 'mix_batches', 'pick_texts',
+           'ActivationSource', 'InMemoryActivations', 'ActivationShardDataset', 'StreamingActivations',
+           'activation_scale']
 
 # %% ../nbs/04_data.ipynb #0fb1793d
 def cache_dir() -> Path:
@@ -183,14 +184,20 @@ class Captured:
     acts: dict # hook point -> [tokens, width] activations
     token_ids: torch.Tensor # [tokens] token id of each row
     sequence_ids: torch.Tensor # [tokens] index of the text each row came from
-    positions: torch.Tensor # [tokens] position within that text
+    positions: torch.Tensor # [tokens] position within that text (as if the text ran alone)
+    labels: Optional[torch.Tensor] = None # [tokens] class of each row (-1: unlabelled), when the texts have labels
 
     def __len__(self): return len(self.token_ids)
 
     @classmethod
     def cat(cls, parts:list) -> Captured:
+        labels = torch.cat([p.labels for p in parts]) if parts[0].labels is not None else None
         return cls({k: torch.cat([p.acts[k] for p in parts]) for k in parts[0].acts},
-                   *(torch.cat([getattr(p, n) for p in parts]) for n in ('token_ids', 'sequence_ids', 'positions')))
+                   *(torch.cat([getattr(p, n) for p in parts]) for n in ('token_ids', 'sequence_ids', 'positions')), labels)
+
+    def batch(self, layer) -> Batch:
+        "The rows at hook point `layer` as a training `Batch`."
+        return Batch(self.acts[layer], self.sequence_ids, self.positions, self.labels)
 
 # %% ../nbs/04_data.ipynb #219bf400
 def _not_outliers(acts:torch.Tensor, keep:torch.Tensor, ratio:float) -> torch.Tensor:
@@ -199,33 +206,102 @@ def _not_outliers(acts:torch.Tensor, keep:torch.Tensor, ratio:float) -> torch.Te
     return (norms <= ratio * norms[keep.to(norms.device)].median()).cpu()
 
 # %% ../nbs/04_data.ipynb #6084936c
+def check_labels(labels:list, n_texts:int):
+    "Raise a clear error unless `labels` gives one class (an int ≥ 0, or a list of them per token) for each text."
+    if len(labels) != n_texts:
+        raise ValueError(f"Got {len(labels)} labels for {n_texts} texts: give one label per text (a class, or a list "
+                         f"of classes, one per token).")
+    for i, lab in enumerate(labels):
+        vals = lab if isinstance(lab, (list, tuple)) else [lab]
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= -1 for v in vals):
+            raise ValueError(f"Label {i} is {lab!r}: a label is a class index (an int ≥ 0; -1 for none) or a list of them. "
+                             f"Map names to indices first (`encode_labels`).")
+
+def encode_labels(names:list) -> tuple:
+    "Class indices for a list of label names (strings or ints), and the sorted class names."
+    classes = sorted(set(names), key=str)
+    index = {c: i for i, c in enumerate(classes)}
+    return [index[n] for n in names], [str(c) for c in classes]
+
+# %% ../nbs/04_data.ipynb #7266d5ed
+def _read_rows(path:Path) -> list[dict]:
+    if path.suffix == '.jsonl':
+        rows = []
+        for n, line in enumerate(path.read_text(encoding='utf-8').splitlines(), 1):
+            if not line.strip(): continue
+            try: rows.append(json.loads(line))
+            except json.JSONDecodeError as e: raise ValueError(f"{path}, line {n}: not valid JSON ({e}).") from None
+        return rows
+    import csv
+    with open(path, newline='', encoding='utf-8') as f: return list(csv.DictReader(f))
+
+def load_labelled_texts(source:Union[str, Path]='shakespeare', # 'shakespeare' (labelled by play), or a .jsonl or .csv file
+                        text_column:str='text', label_column:str='label', # the columns of a file
+                        passage_chars:int=1000) -> tuple:
+    "Texts, their class indices and the class names: `(texts, labels, names)`."
+    if source == 'shakespeare':
+        pairs = [(p, f.stem.replace('_gut', '')) for f in _shakespeare_files()
+                 for p in split_passages(f.read_text(encoding='utf-8', errors='replace'), passage_chars)]
+    else:
+        path = Path(source)
+        if path.suffix not in ('.jsonl', '.csv') or not path.is_file():
+            raise FileNotFoundError(f"load_labelled_texts: {source!r} is not 'shakespeare' or a .jsonl / .csv file.")
+        rows = _read_rows(path)
+        missing = [c for c in (text_column, label_column) if rows and c not in rows[0]]
+        if missing: raise KeyError(f"{path} has no column {missing[0]!r}; its columns are {', '.join(rows[0])}. "
+                                   f"Name the columns with text_column= and label_column=.")
+        pairs = [(str(r[text_column]), r[label_column]) for r in rows if str(r[text_column]).strip()]
+    if not pairs: raise ValueError(f"The corpus '{source}' is empty: it holds no text.")
+    labels, names = encode_labels([l for _, l in pairs])
+    return [t for t, _ in pairs], labels, names
+
+# %% ../nbs/04_data.ipynb #b7705a92
 def _model_device(model): return next(model.parameters()).device
 
+def _tokenize_right_padded(tokenizer, texts:list, max_length:int) -> dict:
+    "Tokenise with padding on the right, whatever the tokenizer's `padding_side`."
+    side = tokenizer.padding_side
+    tokenizer.padding_side = 'right'  # left padding shifts a causal LM's default position ids: see below
+    try: return tokenizer(texts, return_tensors='pt', padding=True, truncation=True, max_length=max_length)
+    finally: tokenizer.padding_side = side
+
+def _label_grid(labels:list, # one per text: a class, or a list of classes, one per token of the tokenised text
+                shape:tuple) -> torch.Tensor: # [texts, seq] the class of every token (-1: none)
+    grid = torch.full(shape, -1, dtype=torch.long)
+    for row, lab in enumerate(labels):
+        if isinstance(lab, (list, tuple, torch.Tensor)):
+            lab = torch.as_tensor(lab, dtype=torch.long)[:shape[1]]
+            grid[row, :len(lab)] = lab
+        else: grid[row] = int(lab)
+    return grid
+
 def iter_captures(model, tokenizer, texts:list, layers:list, max_length:int=128, text_batch_size:int=32,
-                  drop_special:bool=True, dtype=torch.float32, first_sequence:int=0, progress:bool=True,
-                  outlier_norm_ratio:Optional[float]=None) -> Iterator[Captured]:
+                  drop_special:bool=True, dtype=torch.float32, text_ids:Optional[list]=None, progress:bool=True,
+                  outlier_norm_ratio:Optional[float]=None, labels:Optional[list]=None) -> Iterator[Captured]:
     "Yield a `Captured` for each batch of `text_batch_size` texts."
     device, special = _model_device(model), torch.tensor(sorted(set(tokenizer.all_special_ids)))
+    ids = torch.as_tensor(text_ids if text_ids is not None else range(len(texts)), dtype=torch.long)
     bar = tqdm(total=len(texts), desc='capturing', unit='text', disable=not progress, leave=False)
     for start in range(0, len(texts), text_batch_size):
-        batch = tokenizer(texts[start:start + text_batch_size], return_tensors='pt', padding=True,
-                          truncation=True, max_length=max_length)
+        chunk = texts[start:start + text_batch_size]
+        batch = _tokenize_right_padded(tokenizer, chunk, max_length)
         keep = batch['attention_mask'].bool()
         if drop_special: keep &= ~torch.isin(batch['input_ids'], special)
         if not keep.any():  # every text of the batch tokenises to nothing: no forward pass to run
-            bar.update(min(text_batch_size, len(texts) - start)); continue
+            bar.update(len(chunk)); continue
         with torch.no_grad(), capture_hooks(model, layers) as outs:
             try: model(**{k: v.to(device) for k, v in batch.items()})
             except _StopForward: pass
         if outlier_norm_ratio and keep.any(): keep &= _not_outliers(outs[layers[0]], keep, outlier_norm_ratio)
         rows = torch.arange(keep.shape[0])[:, None].expand_as(keep)
-        cols = torch.arange(keep.shape[1]).expand_as(keep)
+        cols = torch.arange(keep.shape[1]).expand_as(keep)  # right padding: the column is the position in the text
+        lab = _label_grid(labels[start:start + text_batch_size], keep.shape) if labels is not None else None
         yield Captured({l: outs[l][keep.to(device)].to('cpu', dtype) for l in layers}, batch['input_ids'][keep],
-                       first_sequence + start + rows[keep], cols[keep])
-        bar.update(min(text_batch_size, len(texts) - start))
+                       ids[start:start + text_batch_size][rows[keep]], cols[keep], lab[keep] if lab is not None else None)
+        bar.update(len(chunk))
     bar.close()
 
-# %% ../nbs/04_data.ipynb #076db620
+# %% ../nbs/04_data.ipynb #d5a07fdb
 def collect_activations(model, tokenizer, texts:list,
                         layer:Union[int, str, list]=0, # a block index, a module name, or a list of them
                         max_length:int=128, # tokens per text, after truncation
@@ -234,12 +310,14 @@ def collect_activations(model, tokenizer, texts:list,
                         dtype=torch.float32, # dtype of the returned activations
                         progress:bool=True, # show a progress bar
                         outlier_norm_ratio:Optional[float]=None, # drop tokens whose norm exceeds this × the batch median
+                        labels:Optional[list]=None, # one per text: its class, or a class per token (see `check_labels`)
                        ) -> Captured:
     "Run `model` over `texts` and capture the activations at `layer` (one or several hook points)."
     layers = layer if isinstance(layer, list) else [layer]
     for l in layers: hook_point(model, l)  # fail before any work on a bad layer
+    if labels is not None: check_labels(labels, len(texts))
     parts = [c for c in iter_captures(model, tokenizer, texts, layers, max_length, text_batch_size, drop_special, dtype,
-                                      progress=progress, outlier_norm_ratio=outlier_norm_ratio) if len(c)]
+                                      progress=progress, outlier_norm_ratio=outlier_norm_ratio, labels=labels) if len(c)]
     if not parts: raise ValueError(f"The {len(texts)} text(s) tokenise to nothing once padding and special tokens are "
                                    f"dropped: give texts with some words in them.")
     return Captured.cat(parts)
@@ -295,6 +373,7 @@ class ActivationStore:
 # %% ../nbs/04_data.ipynb #1e04716c
 def _write_shard(run:Path, captured:Captured, index:int, dtype) -> dict:
     extra = {'token_ids': captured.token_ids, 'sequence_ids': captured.sequence_ids, 'positions': captured.positions}
+    if captured.labels is not None: extra['labels'] = captured.labels  # in the shard, so under its checksum
     files = {}
     for layer, acts in captured.acts.items():
         name = shard_name(layer, index)
@@ -345,17 +424,24 @@ def capture(self:ActivationStore, model, tokenizer, texts:list,
             shard_tokens:int=65_536, # tokens per shard
             progress:bool=True,
             outlier_norm_ratio:Optional[float]=None, # drop tokens whose norm exceeds this × the batch median
+            labels:Optional[list]=None, # one per text: its class, or a list of classes per token
+            label_names:Optional[list]=None, # the name of each class, recorded in meta.json
            ) -> str:
     "Capture `layers` of `model` over `texts` into a run, or find the same run already stored. Returns its id."
     layers = layers if isinstance(layers, list) else [layers]
     for l in layers: hook_point(model, l)
     if not texts: raise ValueError("The corpus is empty: give at least one text.")
+    if labels is not None: check_labels(labels, len(texts))
     info = dict(model=model_name or type(model).__name__, layers=layers, corpus=corpus_fingerprint(texts),
                 n_texts=len(texts), max_length=max_length, drop_special=drop_special, outlier_norm_ratio=outlier_norm_ratio)
+    if labels is not None:
+        flat = [v for lab in labels for v in (lab if isinstance(lab, (list, tuple)) else [lab])]
+        info['labels'] = dict(fingerprint=hashlib.sha256(json.dumps(labels).encode()).hexdigest()[:16],
+                              classes=max(flat) + 1, names=label_names)
     run_id = hashlib.sha256(json.dumps({**info, 'dtype': _dtype_name(dtype)}, sort_keys=True).encode()).hexdigest()[:12]
     if run_id in self.runs(): return run_id
     parts = iter_captures(model, tokenizer, texts, layers, max_length, text_batch_size, drop_special, dtype,
-                          progress=progress, outlier_norm_ratio=outlier_norm_ratio)
+                          progress=progress, outlier_norm_ratio=outlier_norm_ratio, labels=labels)
     return self._write_run(run_id, parts, info, shard_tokens, dtype)
 
 @patch
@@ -373,8 +459,10 @@ def save_run(self:ActivationStore, x:Union[torch.Tensor, Captured], # [tokens, w
     run_id = hashlib.sha256(json.dumps({**info, 'tokens': len(cap)}, sort_keys=True).encode()).hexdigest()[:12]
     if run_id in self.runs(): return run_id
     dtype = next(iter(cap.acts.values())).dtype
-    chunks = (Captured({k: v[i:i + shard_tokens] for k, v in cap.acts.items()}, cap.token_ids[i:i + shard_tokens],
-                       cap.sequence_ids[i:i + shard_tokens], cap.positions[i:i + shard_tokens]) for i in range(0, len(cap), shard_tokens))
+    part = lambda t, i: None if t is None else t[i:i + shard_tokens]
+    chunks = (Captured({k: part(v, i) for k, v in cap.acts.items()},
+                       *(part(getattr(cap, n), i) for n in ('token_ids', 'sequence_ids', 'positions', 'labels')))
+              for i in range(0, len(cap), shard_tokens))
     return self._write_run(run_id, chunks, info, shard_tokens, dtype)
 
 # %% ../nbs/04_data.ipynb #51acd8e1
@@ -414,46 +502,109 @@ def load_run(self:ActivationStore, run_id:str, layer=None, verify:bool=True) -> 
     return torch.cat([self.load_shard(run_id, i, layer, verify)['activations'] for i in range(len(self.meta(run_id)['shards']))])
 
 # %% ../nbs/04_data.ipynb #11c6065a
-def mix_batches(chunks:Iterable, # tensors of [tokens, width]
+@dataclass
+class Batch:
+    "Activations of some tokens, with the text, position and label of each row: what the sources give the trainer."
+    acts: torch.Tensor # [tokens, width]
+    sequence_ids: Optional[torch.Tensor] = None # [tokens] the text each row came from
+    positions: Optional[torch.Tensor] = None # [tokens] its position in that text
+    labels: Optional[torch.Tensor] = None # [tokens] its class (-1: unlabelled)
+
+    def __len__(self): return len(self.acts)
+    def _parts(self): return (self.acts, self.sequence_ids, self.positions, self.labels)
+    def __getitem__(self, rows): return Batch(*(None if t is None else t[rows] for t in self._parts()))
+    def to(self, device, non_blocking:bool=False) -> Batch:
+        return Batch(*(None if t is None else t.to(device, non_blocking=non_blocking) for t in self._parts()))
+    def as_dict(self) -> dict: return dict(zip(('acts', 'sequence_ids', 'positions', 'labels'), self._parts()))
+
+    @classmethod
+    def cat(cls, parts:list) -> Batch:
+        if len(parts) == 1: return parts[0]
+        return cls(*(None if ts[0] is None else torch.cat(ts) for ts in zip(*(p._parts() for p in parts))))
+
+def as_batch(x) -> Batch:
+    "A `Batch` from a `Batch` or a plain `[tokens, width]` tensor (no text, position or label)."
+    return x if isinstance(x, Batch) else Batch(x)
+
+# %% ../nbs/04_data.ipynb #9ee2c8c5
+def _run_order(n:int, run_length:int, generator:torch.Generator) -> torch.Tensor:
+    "A random order of `n` rows that moves runs of `run_length` consecutive rows together."
+    if run_length == 1: return torch.randperm(n, generator=generator)
+    starts = torch.randperm(-(-n // run_length), generator=generator) * run_length
+    order = (starts[:, None] + torch.arange(run_length)).flatten()
+    return order[order < n]
+
+def mix_batches(chunks:Iterable, # `Batch`es (or tensors) of [tokens, width]
                 batch_size:int, buffer_tokens:int, # shuffle within this many tokens
-                generator:torch.Generator) -> Iterator[torch.Tensor]:
+                generator:torch.Generator,
+                run_length:int=1, # rows kept together, in order, by the shuffle
+               ) -> Iterator[Batch]:
     "Batches of `batch_size` rows drawn from `chunks` through a shuffling buffer; every row exactly once."
     held, n = [], 0
     for chunk in chunks:
-        held.append(chunk); n += len(chunk)
+        held.append(as_batch(chunk)); n += len(chunk)
         if n >= max(buffer_tokens, batch_size):
-            buf = held[0] if len(held) == 1 else torch.cat(held)
-            order = torch.randperm(len(buf), generator=generator)  # each batch is gathered once, not the whole buffer
+            buf = Batch.cat(held)
+            order = _run_order(len(buf), run_length, generator)  # each batch is gathered once, not the whole buffer
             give = max(len(buf) // 2 // batch_size, 1) * batch_size
             for i in range(0, give, batch_size): yield buf[order[i:i + batch_size]]
-            held, n = [buf[order[give:]]], len(buf) - give
+            held, n = [buf[order[give:].sort().values]], len(buf) - give  # the rest keeps its order, runs intact
     if n:
-        buf = held[0] if len(held) == 1 else torch.cat(held)
-        order = torch.randperm(len(buf), generator=generator)
+        buf = Batch.cat(held)
+        order = _run_order(len(buf), run_length, generator)
         for i in range(0, len(buf), batch_size): yield buf[order[i:i + batch_size]]
 
-# %% ../nbs/04_data.ipynb #9ee2c8c5
+# %% ../nbs/04_data.ipynb #47cb4b6b
+def pick_texts(sequence_ids:torch.Tensor, # [tokens] the text of each row
+               n_tokens:int, seed:int) -> torch.Tensor:
+    "Ids of texts drawn at random until they hold at least `n_tokens` of the rows (sorted)."
+    texts, counts = sequence_ids.unique(return_counts=True)
+    order = torch.randperm(len(texts), generator=torch.Generator().manual_seed(seed))
+    enough = int((counts[order].cumsum(0) < n_tokens).sum()) + 1
+    return texts[order[:enough]].sort().values
+
+# %% ../nbs/04_data.ipynb #19053508
 class ActivationSource:
-    "Base of the activation sources: epochs, seeding, token limit, scaling and an exact, restorable position."
+    "Base of the activation sources: epochs, seeding, held-out texts, token limit and an exact, restorable position."
     def __init__(self, batch_size:int=4096, # tokens per batch
                  epochs:int=1, # passes over the data
-                 seed:int=0, # seed of the shuffling
+                 seed:int=0, # seed of the shuffling and of the held-out pick
                  token_limit:Optional[int]=None, # stop after this many tokens (None: no limit)
                  buffer_tokens:int=262_144, # size of the mixing buffer
-                 scale:float=1.0, # every batch is multiplied by this (see `activation_scale`)
+                 run_length:int=1, # consecutive tokens of a text kept together by the shuffle (≥ 2 for temporal smoothness)
                 ):
         if batch_size < 1: raise ValueError(f"batch_size={batch_size} must be at least 1.")
+        if run_length < 1: raise ValueError(f"run_length={run_length} must be at least 1.")
         self.batch_size, self.epochs, self.seed, self.token_limit = batch_size, epochs, seed, token_limit
-        self.buffer_tokens, self.scale = buffer_tokens, scale
+        self.buffer_tokens, self.run_length = buffer_tokens, run_length
         self.epoch, self.batch_in_epoch, self.tokens_seen = 0, 0, 0
+        self.held_out, self.split = None, None  # [texts] ids left out of training; a description of the split
 
-    def _chunks(self, epoch:int, g:torch.Generator) -> Iterator[torch.Tensor]: raise NotImplementedError
+    def _chunks(self, epoch:int, g:torch.Generator) -> Iterator[Batch]: raise NotImplementedError
+    def _hold_out(self, n_tokens:int) -> tuple: raise NotImplementedError # -> (held-out text ids, their `Batch`, split)
 
-    def _epoch_batches(self, epoch:int) -> Iterator[torch.Tensor]:
+    def hold_out(self, n_tokens:int) -> Batch:
+        "Leave whole texts holding at least `n_tokens` tokens out of training; returns their tokens."
+        if self.epoch or self.batch_in_epoch: raise RuntimeError("hold_out must come before the first batch is drawn.")
+        held_out, held, split = self._hold_out(n_tokens)
+        self.exclude(split)
+        return held
+
+    def exclude(self, split:dict):
+        "Leave out of training the texts of `split` (what `hold_out` recorded): how a resumed run restores its split."
+        self.held_out, self.split = torch.tensor(split['text_ids'], dtype=torch.long), split
+        if self.n_tokens: self.n_tokens -= split['tokens']
+
+    def _training_rows(self, chunk:Batch) -> Batch:
+        return chunk
+        return chunk[~torch.isin(chunk.sequence_ids, self.held_out)]
+
+    def _epoch_batches(self, epoch:int) -> Iterator[Batch]:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        return mix_batches(self._chunks(epoch, g), self.batch_size, self.buffer_tokens, g)
+        chunks = (self._training_rows(c) for c in self._chunks(epoch, g))
+        return mix_batches(chunks, self.batch_size, self.buffer_tokens, g, self.run_length)
 
-    def __iter__(self) -> Iterator[torch.Tensor]:
+    def __iter__(self) -> Iterator[Batch]:
         while self.epoch < self.epochs:
             for i, batch in enumerate(self._epoch_batches(self.epoch)):
                 if i < self.batch_in_epoch: continue  # replaying up to a restored position
@@ -461,26 +612,40 @@ class ActivationSource:
                     if self.tokens_seen >= self.token_limit: return
                     batch = batch[:self.token_limit - self.tokens_seen]
                 self.batch_in_epoch, self.tokens_seen = i + 1, self.tokens_seen + len(batch)
-                yield batch.float() * self.scale if self.scale != 1.0 else batch.float()
+                batch.acts = batch.acts.float()
+                yield batch
             self.epoch, self.batch_in_epoch = self.epoch + 1, 0
 
     def state_dict(self) -> dict: return dict(epoch=self.epoch, batch_in_epoch=self.batch_in_epoch, tokens_seen=self.tokens_seen)
     def load_state_dict(self, state:dict):
         self.epoch, self.batch_in_epoch, self.tokens_seen = state['epoch'], state['batch_in_epoch'], state['tokens_seen']
 
-# %% ../nbs/04_data.ipynb #47cb4b6b
+# %% ../nbs/04_data.ipynb #d6e24958
 class InMemoryActivations(ActivationSource):
     "Batches from activations held in memory, reshuffled every epoch."
-    def __init__(self, x:torch.Tensor, # [tokens, width] or [batch, seq, width]
+    def __init__(self, x, # a `Batch`, a `Captured` (one hook point), or a [tokens, width] or [texts, seq, width] tensor
                  **kwargs):
-        x = x.reshape(-1, x.shape[-1])
+        if isinstance(x, Captured):
+            if len(x.acts) > 1: raise ValueError("InMemoryActivations reads one hook point: give captured.batch(layer).")
+            x = x.batch(next(iter(x.acts)))
+        elif torch.is_tensor(x):
+            if x.dim() == 3:
+                texts, seq = x.shape[:2]
+                x = Batch(x.reshape(-1, x.shape[-1]), torch.arange(texts).repeat_interleave(seq), torch.arange(seq).repeat(texts))
+            else: x = Batch(x.reshape(-1, x.shape[-1]))
         if not len(x): raise ValueError("InMemoryActivations got an empty tensor: there is nothing to train on.")
+        if x.sequence_ids is None: x = Batch(x.acts, torch.arange(len(x)), torch.zeros(len(x), dtype=torch.long), x.labels)
         super().__init__(**{**kwargs, 'buffer_tokens': len(x)})
-        self.x, self.input_dim, self.n_tokens = x, x.shape[-1], len(x)
+        self.data, self.input_dim, self.n_tokens = x, x.acts.shape[-1], len(x)
 
-    def _chunks(self, epoch, g): yield self.x
+    def _chunks(self, epoch, g): yield self.data
 
-# %% ../nbs/04_data.ipynb #5492fc84
+    def _hold_out(self, n_tokens):
+        held = pick_texts(self.data.sequence_ids, n_tokens, self.seed)
+        rows = torch.isin(self.data.sequence_ids, held)
+        return held, self.data[rows], dict(tokens=int(rows.sum()), texts=len(held), text_ids=held.tolist())
+
+# %% ../nbs/04_data.ipynb #cf63d51e
 class ActivationShardDataset(ActivationSource):
     "Batches streamed from a stored run's shards through a mixing buffer."
     def __init__(self, store:ActivationStore, run_id:str, layer=None, # hook point, if the run has several
@@ -491,37 +656,63 @@ class ActivationShardDataset(ActivationSource):
         meta = store.meta(run_id)
         self.n_shards, self.input_dim, self.n_tokens = len(meta['shards']), meta['input_dim'][self.layer], meta['tokens']
 
-    def _chunks(self, epoch, g):
-        for i in torch.randperm(self.n_shards, generator=g).tolist():
-            acts = self.store.load_shard(self.run_id, i, self.layer, self.verify)['activations']
-            yield acts.reshape(-1, acts.shape[-1])
+    def _shard(self, i:int) -> Batch:
+        t = self.store.load_shard(self.run_id, i, self.layer, self.verify)
+        return Batch(t['activations'].reshape(-1, t['activations'].shape[-1]), t['sequence_ids'], t['positions'], t.get('labels'))
 
-# %% ../nbs/04_data.ipynb #cf63d51e
+    def _chunks(self, epoch, g):
+        for i in torch.randperm(self.n_shards, generator=g).tolist(): yield self._shard(i)
+
+    def _hold_out(self, n_tokens):
+        shards, parts = torch.randperm(self.n_shards, generator=torch.Generator().manual_seed(self.seed)).tolist(), []
+        while shards and sum(map(len, parts)) < n_tokens: parts.append(self._shard(shards.pop(0)))
+        pool = Batch.cat(parts)
+        held = pick_texts(pool.sequence_ids, n_tokens, self.seed)
+        rows = torch.isin(pool.sequence_ids, held)
+        return held, pool[rows], dict(tokens=int(rows.sum()), texts=len(held), text_ids=held.tolist(),
+                                      shards=sorted(set(range(self.n_shards)) - set(shards)), run_id=self.run_id)
+
+# %% ../nbs/04_data.ipynb #bbb47d88
 class StreamingActivations(ActivationSource):
     "Batches computed on the fly by running `model` over `texts`."
     def __init__(self, model, tokenizer, texts:list, layer:Union[int, str]=0, max_length:int=128,
-                 text_batch_size:int=32, drop_special:bool=True, progress:bool=False, **kwargs):
+                 text_batch_size:int=32, drop_special:bool=True, progress:bool=False,
+                 labels:Optional[list]=None, # one per text: its class, or a list of classes per token
+                 outlier_norm_ratio:Optional[float]=None, # drop tokens whose norm exceeds this × the batch median
+                 **kwargs):
         super().__init__(**kwargs)
         hook_point(model, layer)
         if not texts: raise ValueError("The corpus is empty: give at least one text.")
-        self.model, self.tokenizer, self.texts, self.layer = model, tokenizer, texts, layer
+        if labels is not None: check_labels(labels, len(texts))
+        self.model, self.tokenizer, self.texts, self.layer, self.labels = model, tokenizer, texts, layer, labels
         self.max_length, self.text_batch_size, self.drop_special, self.progress = max_length, text_batch_size, drop_special, progress
+        self.outlier_norm_ratio = outlier_norm_ratio
         probe = collect_activations(model, tokenizer, texts[:1], layer, max_length, progress=False)
         self.input_dim, self.n_tokens = probe.acts[layer].shape[-1], None  # width read off one text; length unknown
 
-    def _chunks(self, epoch, g):
-        order = [self.texts[i] for i in torch.randperm(len(self.texts), generator=g).tolist()]
-        for cap in iter_captures(self.model, self.tokenizer, order, [self.layer], self.max_length,
-                                 self.text_batch_size, self.drop_special, progress=self.progress):
-            yield cap.acts[self.layer]
+    def _capture(self, text_ids:list) -> Iterator[Batch]:
+        for cap in iter_captures(self.model, self.tokenizer, [self.texts[i] for i in text_ids], [self.layer],
+                                 self.max_length, self.text_batch_size, self.drop_special, text_ids=text_ids,
+                                 progress=self.progress, outlier_norm_ratio=self.outlier_norm_ratio,
+                                 labels=[self.labels[i] for i in text_ids] if self.labels is not None else None):
+            yield cap.batch(self.layer)
 
-# %% ../nbs/04_data.ipynb #67e92fef
+    def _chunks(self, epoch, g):
+        order = torch.randperm(len(self.texts), generator=g)
+        if self.held_out is not None: order = order[~torch.isin(order, self.held_out)]  # never run, let alone trained on
+        yield from self._capture(order.tolist())
+
+    def _hold_out(self, n_tokens):
+        order, picked, count = torch.randperm(len(self.texts), generator=torch.Generator().manual_seed(self.seed)).tolist(), [], 0
+        while order and count < n_tokens:  # count tokens (without running the model) until the texts hold enough
+            picked.append(order.pop(0))
+            count += len(self.tokenizer(self.texts[picked[-1]], truncation=True, max_length=self.max_length)['input_ids'])
+        held = torch.tensor(sorted(picked))
+        parts = list(self._capture(held.tolist()))
+        batch = Batch.cat(parts) if parts else Batch(torch.zeros(0, self.input_dim))
+        return held, batch, dict(tokens=len(batch), texts=len(held), text_ids=held.tolist())
+
+# %% ../nbs/04_data.ipynb #812d27f2
 def activation_scale(x:torch.Tensor) -> float: # [tokens, width] a sample of the activations
     "The factor that makes the mean squared norm of `x` equal its width."
     return (x.shape[-1] / x.float().pow(2).sum(-1).mean()).sqrt().item()
-
-@torch.no_grad()
-def fold_activation_scale(sae, scale:float):
-    "Change `sae`, trained on activations × `scale`, to read and reconstruct unscaled activations."
-    sae.W_enc.mul_(scale); sae.W_dec.div_(scale); sae.b_dec.div_(scale)
-    return sae

@@ -10,8 +10,9 @@ import torch
 import torch.nn.functional as F
 
 # %% auto #0
-__all__ = ['mse', 'fvu', 'explained_variance', 'l1_penalty', 'decorrelation_loss', 'decorrelation_loss_naive', 'auxk_loss',
-           'auxk_residual_loss', 'ghost_grads_loss', 'probe_loss', 'temporal_smoothness_loss']
+__all__ = ['mse', 'fvu', 'explained_variance', 'batch_variance', 'normalized_mse', 'l1_penalty', 'decorrelation_loss',
+           'decorrelation_loss_naive', 'auxk_loss', 'auxk_residual_loss', 'ghost_grads_loss', 'probe_loss',
+           'temporal_smoothness_loss']
 
 # %% ../nbs/03_losses.ipynb #9d35a164
 def mse(x:torch.Tensor, x_hat:torch.Tensor) -> torch.Tensor: # [batch, input_dim] each
@@ -25,6 +26,19 @@ def fvu(x:torch.Tensor, x_hat:torch.Tensor) -> torch.Tensor:
 def explained_variance(x:torch.Tensor, x_hat:torch.Tensor) -> torch.Tensor:
     "R² = 1 − FVU."
     return 1 - fvu(x, x_hat)
+
+# %% ../nbs/03_losses.ipynb #b6c1f505
+def batch_variance(x:torch.Tensor # [batch, input_dim]
+                  ) -> torch.Tensor:
+    "σ²: mean over tokens of ‖x − x̄‖², the unit every loss term is measured in."
+    return (x - x.mean(0)).pow(2).sum(-1).mean().clamp(min=1e-12)
+
+def normalized_mse(x:torch.Tensor, x_hat:torch.Tensor, # [batch, input_dim] each
+                   variance:Optional[torch.Tensor]=None, # `batch_variance(x)`, if already computed
+                  ) -> torch.Tensor:
+    "The reconstruction loss: mean ‖x − x̂‖² over σ², the batch's FVU (one fused MSE kernel)."
+    var = batch_variance(x) if variance is None else variance
+    return F.mse_loss(x_hat, x) * x.shape[-1] / var
 
 # %% ../nbs/03_losses.ipynb #0155607a
 def l1_penalty(h:torch.Tensor, # [batch, latent_dim] latents
@@ -85,23 +99,28 @@ def ghost_grads_loss(x:torch.Tensor, # [batch, input_dim] inputs
     ghost_out = pre_acts[:, dead_mask].clamp(max=30).exp() @ W_dec[dead_mask]
     scale = residual.norm(dim=-1, keepdim=True) / (2 * ghost_out.norm(dim=-1, keepdim=True) + 1e-6)
     ghost_mse = (ghost_out * scale.detach() - residual).pow(2).mean()
-    return ghost_mse * (mse(x, x_hat).detach() / (ghost_mse.detach() + 1e-6))
+    return ghost_mse * (fvu(x, x_hat).detach() / (ghost_mse.detach() + 1e-6))
 
 # %% ../nbs/03_losses.ipynb #6bb94e8e
 def probe_loss(h:torch.Tensor, # [batch, latent_dim] latents
-               labels:torch.Tensor, # [batch] class index per token
+               labels:torch.Tensor, # [batch] class index per token (-1: unlabelled, left out)
                probe:torch.nn.Module, # maps latents to [batch, n_classes] logits
               ) -> torch.Tensor:
-    "Cross-entropy of a linear probe on the latents."
+    "Cross-entropy of a linear probe on the latents, over the labelled tokens."
     if labels.shape[0] != h.shape[0]:
         raise ValueError(f"probe labels: got {labels.shape[0]} labels for {h.shape[0]} tokens; give one label per token.")
-    return F.cross_entropy(probe(h), labels)
+    labelled = labels >= 0
+    if not labelled.any(): return h.new_zeros(())
+    return F.cross_entropy(probe(h[labelled]), labels[labelled])
 
 # %% ../nbs/03_losses.ipynb #864542bd
 def temporal_smoothness_loss(h:torch.Tensor, # [tokens, latent_dim] latents in sequence order
                              sequence_ids:torch.Tensor, # [tokens] which sequence each token belongs to
+                             positions:Optional[torch.Tensor]=None, # [tokens] position in it (None: rows in order)
                             ) -> torch.Tensor:
-    "Mean of ‖h_t − h_{t−1}‖² over adjacent tokens of the same sequence."
-    same = (sequence_ids[1:] == sequence_ids[:-1]).to(h.dtype)
+    "Mean of ‖h_t − h_{t−1}‖² over rows that are adjacent tokens of the same sequence."
+    same = sequence_ids[1:] == sequence_ids[:-1]
+    if positions is not None: same &= positions[1:] == positions[:-1] + 1
+    same = same.to(h.dtype)
     steps = (h[1:] - h[:-1]).pow(2).sum(-1)
     return (steps * same).sum() / same.sum().clamp(min=1)

@@ -12,8 +12,8 @@ import torch
 import torch.distributed as dist
 
 from .config import SAEConfig
-from .data import ActivationSource, InMemoryActivations
-from .trainer import SAETrainer
+from .data import ActivationSource, InMemoryActivations, Batch
+from .trainer import SAETrainer, hold_out_eval
 
 # %% auto #0
 __all__ = ['ABC_CONFIGS', 'Table', 'SweepResults', 'train_sweep', 'DataParallel', 'DistributedSlice', 'init_distributed',
@@ -68,22 +68,26 @@ def train_sweep(configs:Union[list, dict], # SAEConfigs, or {name: SAEConfig}
     names, cfgs = (list(configs), list(configs.values())) if isinstance(configs, dict) else ([f"#{i}" for i in range(len(configs))], list(configs))
     if len({c.input_dim for c in cfgs}) > 1: raise ValueError("train_sweep: every config must read the same input_dim.")
     cfgs = _place(cfgs)
-    if torch.is_tensor(data):
-        data = InMemoryActivations(data, batch_size=max(c.batch_size for c in cfgs), epochs=max(c.max_epochs for c in cfgs), seed=cfgs[0].seed)
+    if not isinstance(data, ActivationSource):
+        data = InMemoryActivations(data, batch_size=max(c.batch_size for c in cfgs), epochs=max(c.max_epochs for c in cfgs),
+                                   seed=cfgs[0].seed, run_length=max(c.run_length for c in cfgs))
+    evaluating = [c for c in cfgs if c.eval_every and c.eval_tokens]  # one held-out set, the largest asked for, for all
+    eval_data = hold_out_eval(data, max(evaluating, key=lambda c: c.eval_tokens)) if evaluating else None
     trainers = [SAETrainer(c, progress=progress) for c in cfgs]
     n_tokens = getattr(data, 'n_tokens', None)
     budget = [c.max_epochs * n_tokens if n_tokens else math.inf for c in cfgs]  # a config with fewer epochs stops sooner
     held, started, active, seconds = [None] * len(cfgs), [False] * len(cfgs), set(range(len(cfgs))), [0.0] * len(cfgs)
     def feed(i, batch):
         tr, t = trainers[i], time.perf_counter()
-        if not started[i]: tr.begin(data, batch); started[i] = True
+        if not started[i]:  # each config follows its own schedule: its own batch size and epochs
+            tr.begin(data, batch, eval_data if tr.cfg.eval_every else None, own_schedule=True); started[i] = True
         stop = tr.step(batch) or tr.state.tokens_seen >= budget[i]
         if tr.device.type == 'cuda': torch.cuda.synchronize(tr.device)
         seconds[i] += time.perf_counter() - t
         if stop: active.discard(i)
     for chunk in data:
         for i in list(active):
-            held[i] = chunk if held[i] is None else torch.cat([held[i], chunk])
+            held[i] = chunk if held[i] is None else Batch.cat([held[i], chunk])
             while i in active and len(held[i]) >= cfgs[i].batch_size:
                 batch, held[i] = held[i][:cfgs[i].batch_size], held[i][cfgs[i].batch_size:]
                 feed(i, batch)
@@ -124,6 +128,7 @@ class DataParallel:
     def broadcast(self, sae):
         "Make every process's parameters and buffers those of process 0."
         for t in sae.state_dict().values(): dist.broadcast(t, 0)
+        sae._sync_scale()
 
 # %% ../nbs/05a_sweep.ipynb #eba25225
 class DistributedSlice(ActivationSource):
@@ -131,9 +136,13 @@ class DistributedSlice(ActivationSource):
     def __init__(self, source:ActivationSource, rank:int, world_size:int):
         self.source, self.rank, self.world_size = source, rank, world_size
         self.batch_size, self.epochs, self.token_limit = source.batch_size, source.epochs, source.token_limit
-        self.n_tokens, self.input_dim = getattr(source, 'n_tokens', None), getattr(source, 'input_dim', None)
+        self.input_dim, self.run_length = getattr(source, 'input_dim', None), source.run_length
+    n_tokens = property(lambda self: getattr(self.source, 'n_tokens', None))
+    split = property(lambda self: self.source.split)
+    def hold_out(self, n_tokens:int): return self.source.hold_out(n_tokens)  # every process holds out the same texts
+    def exclude(self, split:dict): self.source.exclude(split)
     def __iter__(self):
-        for batch in self.source: yield batch.tensor_split(self.world_size)[self.rank]
+        for batch in self.source: yield batch[torch.arange(len(batch)).tensor_split(self.world_size)[self.rank]]
     def state_dict(self): return self.source.state_dict()
     def load_state_dict(self, state): self.source.load_state_dict(state)
 
@@ -148,5 +157,6 @@ def train_distributed(config:SAEConfig, data, progress:bool=True) -> SAETrainer:
     "Train one SAE across the processes of a `torchrun` launch; every process returns the same trained SAE."
     par = init_distributed()
     if torch.cuda.is_available() and config.device in ('auto', 'cuda'): config = replace(config, device=f'cuda:{torch.cuda.current_device()}')
-    source = data if isinstance(data, ActivationSource) else InMemoryActivations(data, batch_size=config.batch_size, epochs=config.max_epochs, seed=config.seed)
+    source = data if isinstance(data, ActivationSource) else InMemoryActivations(
+        data, batch_size=config.batch_size, epochs=config.max_epochs, seed=config.seed, run_length=config.run_length)
     return SAETrainer(config, progress=progress, parallel=par).train(DistributedSlice(source, par.rank, par.world_size))

@@ -17,14 +17,14 @@ from tqdm.auto import tqdm
 
 from .config import SAEConfig, ConfigError, pick_device
 from .architecture import SparseAutoencoder, CheckpointError, LOSS_NAMES, _safe_torch_load
-from .losses import fvu
-from .data import ActivationSource, InMemoryActivations
+from .losses import fvu, probe_loss
+from .data import ActivationSource, InMemoryActivations, Batch, Captured, as_batch, activation_scale
 
 # %% auto #0
 __all__ = ['ARCHITECTURE_FIELDS', 'BENCH_SCRIPT', 'lr_factor', 'TrainingMetrics', 'TrainingState', 'update_dead_counters',
            'fired_latents', 'resample_dead_latents', 'train_step', 'Callback', 'ProgressCallback', 'WandbCallback',
            'checkpoint_name', 'list_checkpoints', 'latest_checkpoint', 'save_checkpoint', 'load_checkpoint',
-           'CheckpointCallback', 'SAETrainer', 'train_sae', 'benchmark_training']
+           'CheckpointCallback', 'SAETrainer', 'hold_out_eval', 'latent_change', 'train_sae', 'benchmark_training']
 
 # %% ../nbs/05_trainer.ipynb #2771bbbd
 def lr_factor(step:int, # 0-based step
@@ -59,8 +59,15 @@ class TrainingState:
     best_eval_loss:float = math.inf # best evaluation loss so far
     evals_since_best:int = 0 # evaluations since it improved
     eval_x:Optional[torch.Tensor] = None # [tokens, input_dim] held-out evaluation activations
+    eval_meta:dict = field(default_factory=dict) # their `sequence_ids`, `positions` and `labels` ([tokens] each, or None)
+    split:Optional[dict] = None # what was held out: tokens, texts, their ids (and shards); None when nothing was
     history:dict = field(default_factory=lambda: {f.name: [] for f in fields(TrainingMetrics)}) # metric -> values at logged steps
     eval_history:dict = field(default_factory=lambda: {'step': [], 'eval_loss': [], 'eval_fvu': []}) # evaluation results
+
+    @property
+    def eval_batch(self) -> Optional[Batch]:
+        "The held-out tokens as a `Batch`."
+        return None if self.eval_x is None else Batch(self.eval_x, **self.eval_meta)
 
 # %% ../nbs/05_trainer.ipynb #53b5fbfa
 def update_dead_counters(tokens_since_fired:torch.Tensor, # [latent_dim]
@@ -99,20 +106,26 @@ def resample_dead_latents(sae, optimizer, x:torch.Tensor, x_hat:torch.Tensor, de
     return len(dead)
 
 # %% ../nbs/05_trainer.ipynb #908e97ba
-def train_step(sae, optimizer, x:torch.Tensor, # [batch, input_dim]
+def train_step(sae, optimizer, batch, # a `Batch` (or a [batch, input_dim] tensor)
                dead_mask:Optional[torch.Tensor], # [latent_dim] bool, or None
                autocast=nullcontext, # a context manager for mixed precision
                scaler=None, # a `torch.amp.GradScaler` for float16
                sync_grads:Optional[Callable]=None, # averages gradients across data-parallel processes
               ):
     "One optimisation step; returns the forward output, the loss terms and the total loss."
+    b = as_batch(batch)
+    fit_probe = sae.probe is not None and b.labels is not None
     with autocast():
-        out = sae(x)
-        h = out.h if sae.activation.sparsity else None  # top-k losses never read the dense latents
-        terms = sae.loss_terms(x, out.x_hat.float(), h, pre_acts=out.pre_acts, dead_mask=dead_mask)
+        out = sae(b.acts)
+        h = out.h if sae.needs_dense_latents() or fit_probe else None  # top-k losses alone never read the dense latents
+        x, x_hat = sae.scale_input(b.acts), sae.scale_input(out.x_hat.float())  # losses live in the SAE's own scale
+        terms = sae.loss_terms(x, x_hat, h, pre_acts=out.pre_acts, dead_mask=dead_mask, labels=b.labels,
+                               sequence_ids=b.sequence_ids, positions=b.positions)
         total = sum(w * v for w, v in terms.values())
+        # the probe learns to read the latents at every probe_loss_coeff; only its term above moves the SAE
+        backward = total + probe_loss(h.detach(), b.labels, sae.probe) if fit_probe else total
     optimizer.zero_grad(set_to_none=True)
-    (scaler.scale(total) if scaler else total).backward()
+    (scaler.scale(backward) if scaler else backward).backward()
     if sync_grads: sync_grads(sae)
     if scaler: scaler.unscale_(optimizer)
     sae.remove_parallel_grads()
@@ -127,6 +140,7 @@ class Callback:
     def on_start(self, trainer): pass
     def on_step(self, trainer): pass
     def on_log(self, trainer, metrics:TrainingMetrics): pass
+    def on_eval(self, trainer, results:dict): pass # the held-out figures of an evaluation
     def on_end(self, trainer): pass
     def on_error(self, trainer, error:BaseException): pass # training stopped on an error: nothing more is saved
 
@@ -153,6 +167,7 @@ class WandbCallback(Callback):
             warnings.warn(f"wandb could not reach its server ({type(e).__name__}); logging offline instead. Sync later with `wandb sync`.")
             self.run = wandb.init(mode='offline', **kw)
     def on_log(self, trainer, m): self.run.log(asdict(m), step=m.step)
+    def on_eval(self, trainer, r): self.run.log(r, step=trainer.state.step)
     def on_end(self, trainer):
         h = trainer.history
         if h['step']: self.run.summary.update({k: v[-1] for k, v in h.items() if v})
@@ -229,7 +244,7 @@ class CheckpointCallback(Callback):
             trainer.last_checkpoint = save_checkpoint(trainer, trainer.cfg.checkpoint_dir)
 
 # %% ../nbs/05_trainer.ipynb #b6827c40
-ARCHITECTURE_FIELDS = ('input_dim', 'expansion_factor', 'activation', 'k', 'probe_classes') # must match to resume
+ARCHITECTURE_FIELDS = ('input_dim', 'expansion_factor', 'activation', 'k', 'probe_classes', 'normalize_activations') # must match to resume
 
 class SAETrainer:
     "Trains a `SparseAutoencoder` as `config` says."
@@ -258,20 +273,33 @@ class SAETrainer:
         for cb in self.callbacks: getattr(cb, event)(self, *args)
 
 # %% ../nbs/05_trainer.ipynb #2ab3bfc3
-def _as_source(data, cfg:SAEConfig, eval_data):
-    if isinstance(data, ActivationSource): return data, eval_data
-    if not torch.is_tensor(data): raise TypeError(f"train() takes a tensor or an ActivationSource, not {type(data).__name__}.")
-    x = data.reshape(-1, data.shape[-1]) if data.dim() > 1 else data
-    if x.dim() != 2: raise ValueError(f"Activations must be [tokens, input_dim]; got shape {tuple(data.shape)}.")
-    if eval_data is None and cfg.eval_every and cfg.eval_tokens and len(x) > 2 * cfg.eval_tokens:
-        eval_data, x = x[:cfg.eval_tokens], x[cfg.eval_tokens:]
-    return InMemoryActivations(x, batch_size=cfg.batch_size, epochs=cfg.max_epochs, seed=cfg.seed), eval_data
+def _as_source(data, cfg:SAEConfig) -> ActivationSource:
+    if isinstance(data, ActivationSource):
+        if cfg.temporal_smoothness_coeff and data.run_length < 2:
+            raise ConfigError(f"temporal_smoothness_coeff > 0 needs batches of adjacent tokens, but the source shuffles "
+                              f"runs of {data.run_length}: create it with run_length={max(cfg.run_length, 2)}.")
+        return data
+    if not isinstance(data, (Batch, Captured)):
+        if not torch.is_tensor(data): raise TypeError(f"train() takes a tensor, a Batch or an ActivationSource, not {type(data).__name__}.")
+        if data.dim() not in (2, 3): raise ValueError(f"Activations must be [tokens, input_dim]; got shape {tuple(data.shape)}.")
+    return InMemoryActivations(data, batch_size=cfg.batch_size, epochs=cfg.max_epochs, seed=cfg.seed, run_length=cfg.run_length)
 
-def _total_steps(source, cfg:SAEConfig) -> Optional[int]:
+def hold_out_eval(source:ActivationSource, cfg:SAEConfig, eval_data=None) -> Optional[Batch]:
+    "The evaluation tokens: `eval_data` if given, else whole texts the source holds out of training (None: no evaluation)."
+    if eval_data is not None: return as_batch(eval_data if not torch.is_tensor(eval_data) else eval_data.reshape(-1, eval_data.shape[-1]))
+    if not (cfg.eval_every and cfg.eval_tokens): return None
+    n = getattr(source, 'n_tokens', None)
+    if n is not None and n <= 2 * cfg.eval_tokens: return None
+    return source.hold_out(cfg.eval_tokens)
+
+def _total_steps(source, cfg:SAEConfig, own:bool=False) -> Optional[int]:
+    "Steps in the run; `own`: by the config's batch size and epochs rather than the source's (a sweep's shared source)."
+    batch, epochs = (cfg.batch_size, cfg.max_epochs) if own else (source.batch_size, source.epochs)
     n = getattr(source, 'n_tokens', None)
     if source.token_limit is not None: n = min(n or source.token_limit, source.token_limit) if n else source.token_limit
-    per_epoch = math.ceil(n / source.batch_size) if n else None
-    total = per_epoch * (source.epochs if source.token_limit is None else 1) if per_epoch else None
+    epochs = epochs if source.token_limit is None else 1
+    # a sweep's batches run on across epochs; a source's own restart at each epoch, the last batch short
+    total = (math.ceil(n * epochs / batch) if own else math.ceil(n / batch) * epochs) if n else None
     return min(total, cfg.max_steps) if total and cfg.max_steps else (cfg.max_steps or total)
 
 def _check_batch(x:torch.Tensor, cfg:SAEConfig, step:int):
@@ -297,6 +325,7 @@ def _resume(self:SAETrainer, path, source):
     if self.scaler and payload['scaler']: self.scaler.load_state_dict(payload['scaler'])
     self.state = TrainingState(**{f.name: payload[f.name] for f in fields(TrainingState) if f.name in payload})
     if self.state.tokens_since_fired is not None: self.state.tokens_since_fired = self.state.tokens_since_fired.to(self.device)
+    if self.state.split and 'text_ids' in self.state.split: source.exclude(self.state.split)  # the same texts stay held out
     source.load_state_dict(self.state.data_position)
     _set_rng_state(payload['rng'])
     self.last_checkpoint = path
@@ -318,54 +347,94 @@ def _metrics(self:SAETrainer, x, out, terms, total, steps:int, seconds:float) ->
 @torch.no_grad()
 def evaluate_loss(self:SAETrainer, x:torch.Tensor, batch_size:int=8192) -> tuple:
     "Reconstruction loss (MSE) and FVU of the SAE on `x`."
+    r = self.evaluate_batch(Batch(x), batch_size)
+    return r['eval_loss'], r['eval_fvu']
+
+def latent_change(h:torch.Tensor, # [tokens, latent_dim] latents
+                  sequence_ids:torch.Tensor, positions:torch.Tensor) -> tuple: # [tokens] each
+    "Σ‖h_t − h_{t−1}‖² over adjacent tokens of one text, Σ‖h_t‖² over their later tokens, and the pair count."
+    adjacent = (sequence_ids[1:] == sequence_ids[:-1]) & (positions[1:] == positions[:-1] + 1)
+    later = h[1:][adjacent]
+    return float((later - h[:-1][adjacent]).pow(2).sum()), float(later.pow(2).sum()), int(adjacent.sum())
+
+@patch
+@torch.no_grad()
+def evaluate_batch(self:SAETrainer, batch:Batch, batch_size:int=8192) -> dict:
+    "Held-out figures on `batch`: MSE and FVU; probe accuracy and the majority-class baseline (labels); latent change (texts)."
     self.sae.eval()
-    outs = [self.sae(b.to(self.device)).x_hat.float().cpu() for b in x.split(batch_size)]
+    sq_err = change = norm = pairs = correct = 0.0
+    for i in range(0, len(batch), batch_size):
+        b = batch[i:i + batch_size].to(self.device)
+        out = self.sae(b.acts.float())
+        sq_err += float((out.x_hat.float() - b.acts.float()).pow(2).sum())
+        if self.sae.probe is not None and b.labels is not None:
+            lab = b.labels >= 0
+            correct += float((self.sae.probe(out.h[lab]).argmax(-1) == b.labels[lab]).sum())
+        if b.sequence_ids is not None and b.positions is not None:
+            c, n, p = latent_change(out.h, b.sequence_ids, b.positions); change, norm, pairs = change + c, norm + n, pairs + p
     self.sae.train()
-    x_hat = torch.cat(outs)
-    return F.mse_loss(x_hat, x.float()).item(), fvu(x.float(), x_hat).item()
+    x = batch.acts.float()
+    r = dict(eval_loss=sq_err / x.numel(), eval_fvu=sq_err / float((x - x.mean(0)).pow(2).sum().clamp(min=1e-12)))
+    labels = batch.labels[batch.labels >= 0] if batch.labels is not None else None
+    if self.sae.probe is not None and labels is not None and len(labels):
+        r['eval_probe_accuracy'] = correct / len(labels)
+        r['eval_probe_majority'] = float(labels.bincount().max()) / len(labels)  # always guessing the commonest class
+    if pairs: r['eval_latent_change'] = change / max(norm, 1e-12)  # relative: Σ‖Δh‖² / Σ‖h‖² over adjacent pairs
+    return r
 
 # %% ../nbs/05_trainer.ipynb #844aea09
 @patch
 def _evaluate(self:SAETrainer) -> bool:
     "Evaluate, record, and say whether to stop early."
     s = self.state
-    loss, f = self.evaluate_loss(s.eval_x)
-    for k, v in (('step', s.step), ('eval_loss', loss), ('eval_fvu', f)): s.eval_history[k].append(v)
-    if loss < s.best_eval_loss: s.best_eval_loss, s.evals_since_best = loss, 0
+    r = self.evaluate_batch(s.eval_batch)
+    s.eval_history['step'].append(s.step)
+    for k, v in r.items(): s.eval_history.setdefault(k, []).append(v)
+    if r['eval_loss'] < s.best_eval_loss: s.best_eval_loss, s.evals_since_best = r['eval_loss'], 0
     else: s.evals_since_best += 1
+    self._emit('on_eval', r)
     return self.cfg.early_stopping_patience is not None and s.evals_since_best >= self.cfg.early_stopping_patience
 
 # %% ../nbs/05_trainer.ipynb #8bd8f705
 @patch
-def begin(self:SAETrainer, source, first:Optional[torch.Tensor], eval_data:Optional[torch.Tensor]=None):
-    "Prepare a run over `source`; `first` is its first batch (None when resuming)."
+def begin(self:SAETrainer, source, first, # its first batch (None when resuming)
+          eval_data:Optional[Batch]=None, # held-out tokens (`hold_out_eval`)
+          own_schedule:bool=False): # schedule by the config's batch size and epochs, not the source's (sweeps)
+    "Prepare a run over `source`."
     cfg, s = self.cfg, self.state
-    self.source, self.total_steps = source, _total_steps(source, cfg)
+    self.source, self.total_steps = source, _total_steps(source, cfg, own_schedule)
     if s.step == 0:
         if first is None: raise ValueError("The data is empty: there is nothing to train on.")
-        _check_batch(first, cfg, 0)
-        if eval_data is None and cfg.eval_every and cfg.eval_tokens: eval_data = first[:cfg.eval_tokens]
-        self.sae.init_b_dec(first.to(self.device))
+        first = as_batch(first)
+        _check_batch(first.acts, cfg, 0)
+        if cfg.normalize_activations != 'none': self.sae.set_input_scale(activation_scale(first.acts))  # estimated once
+        self.sae.init_b_dec(first.acts.to(self.device))
         if self.parallel: self.parallel.broadcast(self.sae)
         s.tokens_since_fired = torch.zeros(cfg.latent_dim, dtype=torch.long, device=self.device)
-        s.eval_x = eval_data.float().cpu() if eval_data is not None else None
+        if eval_data is not None:
+            d = {k: (v.cpu() if v is not None else None) for k, v in eval_data.as_dict().items()}
+            s.eval_x, s.eval_meta = d.pop('acts').float(), d
+            s.split = source.split or {'tokens': len(eval_data), 'given': True}
     self._autocast = (lambda: torch.autocast(self.device.type, dtype=getattr(torch, cfg.amp_dtype))) if cfg.use_amp else nullcontext
     self._t_log, self._steps_since_log = time.perf_counter(), 0
     self._emit('on_start')
 
 # %% ../nbs/05_trainer.ipynb #70c927d1
 @patch
-def step(self:SAETrainer, x:torch.Tensor # [batch, input_dim] on the CPU
+def step(self:SAETrainer, batch # a `Batch` or a [batch, input_dim] tensor, on the CPU
         ) -> bool:
     "Train on one batch; returns True when the run should stop."
     cfg, s = self.cfg, self.state
     if cfg.max_steps and s.step >= cfg.max_steps: return True
-    _check_batch(x, cfg, s.step)
-    if self.device.type == 'cuda' and x.device.type == 'cpu': x = x.pin_memory()  # the copy overlaps the previous step's kernels
-    x = x.to(self.device, non_blocking=True)
+    batch = as_batch(batch)
+    _check_batch(batch.acts, cfg, s.step)
+    if self.device.type == 'cuda' and batch.acts.device.type == 'cpu':  # the copy overlaps the previous step's kernels
+        batch = Batch(*(t.pin_memory() if t is not None else None for t in batch._parts()))
+    batch = batch.to(self.device, non_blocking=True)
+    x = batch.acts
     for g in self.optimizer.param_groups: g['lr'] = cfg.learning_rate * lr_factor(s.step, cfg.warmup_steps, cfg.lr_schedule, self.total_steps)
     dead_mask = s.tokens_since_fired >= cfg.dead_feature_window if s.any_dead else None
-    out, terms, total = train_step(self.sae, self.optimizer, x, dead_mask,
+    out, terms, total = train_step(self.sae, self.optimizer, batch, dead_mask,
                                    self._autocast, self.scaler, self.parallel.sync_grads if self.parallel else None)
     s.step, s.tokens_seen, self._steps_since_log = s.step + 1, s.tokens_seen + len(x), self._steps_since_log + 1
     fired, n = fired_latents(out, cfg.latent_dim), len(x)
@@ -385,7 +454,8 @@ def step(self:SAETrainer, x:torch.Tensor # [batch, input_dim] on the CPU
 def _resample(self:SAETrainer, x, out):
     dead = self.state.tokens_since_fired >= self.cfg.dead_feature_window
     gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + self.state.step)  # stateless: same after a resume
-    if resample_dead_latents(self.sae, self.optimizer, x, out.x_hat.detach(), dead, gen):
+    x, x_hat = self.sae.scale_input(x), self.sae.scale_input(out.x_hat.detach())  # in the SAE's own scale, as b_dec is
+    if resample_dead_latents(self.sae, self.optimizer, x, x_hat, dead, gen):
         self.state.tokens_since_fired[dead] = 0
         self.state.any_dead = False
         if self.parallel: self.parallel.broadcast(self.sae)
@@ -406,13 +476,14 @@ def finish(self:SAETrainer): self._emit('on_end')
 
 # %% ../nbs/05_trainer.ipynb #6d506800
 @patch
-def train(self:SAETrainer, data, # a [tokens, input_dim] tensor or an `ActivationSource`
-          eval_data:Optional[torch.Tensor]=None, # held-out activations to evaluate on
+def train(self:SAETrainer, data, # an `ActivationSource`, or a `Batch`, `Captured` or [tokens, input_dim] tensor
+          eval_data=None, # held-out activations to evaluate on (None: whole texts held out of `data`)
           resume_from:Union[str, Path, None]=None, # a checkpoint (or a folder of them) to continue from
          ) -> SAETrainer:
     "Train the SAE on `data`; returns the trainer."
-    source, eval_data = _as_source(data, self.cfg, eval_data)
+    source = _as_source(data, self.cfg)
     if resume_from is not None: self._resume(resume_from, source)
+    eval_data = hold_out_eval(source, self.cfg, eval_data) if self.state.step == 0 else None
     batches = iter(source)
     first = next(batches, None) if self.state.step == 0 else None
     self.begin(source, first, eval_data)
@@ -439,6 +510,7 @@ def train_sae(model, # a model, or a name for `load_model` ('smollm2', 'minilm',
               store:Union[str, Path]='store', # where 'capture' keeps its runs
               max_length:int=128, # tokens per text
               progress:bool=True,
+              labels:Optional[list]=None, # one per text: its class, or a list of classes per token (for the probe)
              ) -> SAETrainer:
     "Capture (or stream) `layer` of `model` over `texts` and train an SAE on it; returns the trainer."
     from sae_nb.data import load_model, load_texts, ActivationStore, ActivationShardDataset, StreamingActivations, collect_activations
@@ -446,17 +518,18 @@ def train_sae(model, # a model, or a name for `load_model` ('smollm2', 'minilm',
     if isinstance(model, str): model, tokenizer = load_model(model)
     if tokenizer is None: raise ValueError("train_sae: pass the model's tokenizer (or give the model by name).")
     texts = texts if isinstance(texts, list) else load_texts(texts)
-    src_kw = dict(batch_size=config.batch_size, epochs=config.max_epochs, seed=config.seed)
+    src_kw = dict(batch_size=config.batch_size, epochs=config.max_epochs, seed=config.seed, run_length=config.run_length)
     if mode == 'capture':
         st = ActivationStore(store)
         run_id = st.capture(model, tokenizer, texts, layers=layer, model_name=model_name, max_length=max_length,
-                            text_batch_size=config.text_batch_size, progress=progress)
+                            text_batch_size=config.text_batch_size, progress=progress, labels=labels)
         source = ActivationShardDataset(st, run_id, **src_kw)
     elif mode == 'memory':
-        x = collect_activations(model, tokenizer, texts, layer, max_length, config.text_batch_size, progress=progress).acts[layer]
-        source = x
+        cap = collect_activations(model, tokenizer, texts, layer, max_length, config.text_batch_size, progress=progress, labels=labels)
+        source = InMemoryActivations(cap, **src_kw)
     elif mode == 'stream':
-        source = StreamingActivations(model, tokenizer, texts, layer, max_length, config.text_batch_size, progress=False, **src_kw)
+        source = StreamingActivations(model, tokenizer, texts, layer, max_length, config.text_batch_size, progress=False,
+                                      labels=labels, **src_kw)
     else: raise ValueError(f"mode={mode!r}: use 'capture', 'memory' or 'stream'.")
     return SAETrainer(config, progress=progress).train(source)
 
