@@ -87,6 +87,9 @@ class SparseAutoencoder(nn.Module):
         self.b_enc = nn.Parameter(torch.zeros(Fl))
         self.b_dec = nn.Parameter(torch.zeros(D))
         self.probe = nn.Linear(Fl, config.probe_classes) if config.probe_classes else None
+        if self.probe is not None:  # drawn from the seeded generator too, so a run repeats exactly
+            with torch.no_grad():
+                for p in self.probe.parameters(): p.uniform_(-Fl ** -0.5, Fl ** -0.5, generator=g)
         self.register_buffer('input_scale', torch.tensor(1.0))  # inputs are multiplied by this (see "Normalised inputs")
         self._scale = 1.0  # the same as a Python float: read on every call without a device sync
         self.register_load_state_dict_post_hook(lambda module, keys: module._sync_scale())
@@ -337,10 +340,11 @@ def loss_terms(self:SparseAutoencoder, x, x_hat, h, # [batch, input_dim], [batch
                dead_mask=None, # [latent_dim] bool: dead latents, for AuxK and ghost grads
                labels=None, # [batch] class per token (-1: none), for the probe loss
                sequence_ids=None, positions=None, # [batch] each: text and position of each token, for temporal smoothness
+               variance=None, # σ², the unit of every term (default: `batch_variance(x)`; data-parallel: the global batch's)
               ) -> dict:
     "The active loss terms as `{name: (weight, scalar tensor)}`, each on the scale of the batch's variance."
     c, terms = self.cfg, {}
-    var = batch_variance(x.detach().float())
+    var = batch_variance(x.detach().float()) if variance is None else variance
     if c.reconstruction_coeff: terms['recon_loss'] = (c.reconstruction_coeff, normalized_mse(x, x_hat, var))
     if c.l1_penalty_coeff and self.activation.sparsity:
         terms['l1_loss'] = (c.l1_penalty_coeff, self.activation.sparsity(self, pre_acts, h, var.sqrt()))

@@ -91,7 +91,7 @@ def _base_config(config:Optional[str], model:str) -> tuple:
 
 def _apply_flags(cfg:SAEConfig, flags:dict) -> SAEConfig:
     "Override `cfg` with the flags that were given (not None)."
-    names = dict(l1_coef='l1_penalty_coeff', probe_coef='probe_loss_coeff', temporal_coef='temporal_smoothness_coeff')
+    names = dict(l1_coef='l1_penalty_coeff', temporal_coef='temporal_smoothness_coeff')
     changes = {names.get(k, k): v for k, v in flags.items() if v is not None}
     return replace(cfg, **changes)
 
@@ -100,7 +100,8 @@ def _check_out(out:Path):
     if out.exists() and not out.is_dir(): raise NotADirectoryError(f"--out {out} is a file, not a folder: give a folder for the results.")
     out.mkdir(parents=True, exist_ok=True)
 
-def _data_for(cfg, model, layer, texts, max_texts, max_length, shard_dir, store, mode, user_dim, outlier_norm_ratio, progress):
+def _data_for(cfg, model, layer, texts, max_texts, max_length, shard_dir, store, mode, user_dim, outlier_norm_ratio, progress,
+              probe_coef=None):
     "The activation source (and the config with its width) for the training run."
     if shard_dir:
         run = Path(shard_dir)
@@ -111,7 +112,8 @@ def _data_for(cfg, model, layer, texts, max_texts, max_length, shard_dir, store,
         if len(layers) != 1: raise ValueError(f"--layer {layer}: sae_train trains one SAE on one layer; give one.")
         st = ActivationStore(store)
         if mode != 'capture': raise ValueError(f"--mode {mode}: use capture (the command line streams through the store).")
-        passages, labels, names = _corpus(texts, max_texts, labelled=cfg.probe_loss_coeff > 0 and texts == 'shakespeare')
+        probing = bool(probe_coef or cfg.probe_loss_coeff)
+        passages, labels, names = _corpus(texts, max_texts, labelled=probing and texts == 'shakespeare')
         run_id = st.capture(m, tok, passages, layers=layers, model_name=model, max_length=max_length, labels=labels, label_names=names,
                             text_batch_size=cfg.text_batch_size, outlier_norm_ratio=outlier_norm_ratio or None, progress=progress)
     meta = st.meta(run_id)
@@ -119,9 +121,10 @@ def _data_for(cfg, model, layer, texts, max_texts, max_length, shard_dir, store,
     if width != cfg.input_dim:
         if user_dim: raise ConfigError(f"The config's input_dim={cfg.input_dim} but the activations are {width} wide: fix the config or the layer.")
         cfg = replace(cfg, input_dim=width)
-    if meta.get('labels') and not cfg.probe_classes: cfg = replace(cfg, probe_classes=max(2, meta['labels']['classes']))
-    if cfg.probe_loss_coeff and not meta.get('labels'):
+    if (probe_coef or cfg.probe_loss_coeff) and not meta.get('labels'):
         raise ValueError("--probe-coef needs labelled texts: give --texts a .jsonl or .csv file with a label column.")
+    if meta.get('labels') and not cfg.probe_classes: cfg = replace(cfg, probe_classes=max(2, meta['labels']['classes']))
+    if probe_coef is not None: cfg = replace(cfg, probe_loss_coeff=probe_coef)
     source = ActivationShardDataset(st, run_id, batch_size=cfg.batch_size, epochs=cfg.max_epochs, seed=cfg.seed, run_length=cfg.run_length)
     return source, cfg, st, run_id
 
@@ -226,13 +229,14 @@ def sae_train(model:str='smollm2', # model to capture from: a built-in name, a f
     cfg, user_dim = _base_config(config, model)
     if temporal_coef and run_length is None: run_length = max(cfg.run_length, 16)
     cfg = _apply_flags(cfg, dict(activation=activation, expansion_factor=expansion_factor, k=k, l1_coef=l1_coef,
-                                 probe_coef=probe_coef, temporal_coef=temporal_coef, run_length=run_length,
+                                 temporal_coef=temporal_coef, run_length=run_length,
                                  normalize_activations=normalize_activations,
                                  batch_size=batch_size, learning_rate=learning_rate, max_epochs=max_epochs, max_steps=max_steps,
                                  device=device, wandb_project=None if no_wandb else wandb_project, wandb_mode=wandb_mode,
                                  checkpoint_dir=checkpoint_dir or (cfg.checkpoint_dir if config else str(out/'checkpoints'))))
     if no_wandb: cfg = replace(cfg, wandb_project=None)
-    source, cfg, st, run_id = _data_for(cfg, model, layer, texts, max_texts, max_length, shard_dir, store, mode, user_dim, outlier_norm_ratio, not quiet)
+    source, cfg, st, run_id = _data_for(cfg, model, layer, texts, max_texts, max_length, shard_dir, store, mode, user_dim,
+                                        outlier_norm_ratio, not quiet, probe_coef)
     t_train = time.perf_counter()
     trainer = SAETrainer(cfg, progress=not quiet).train(source, resume_from=resume_from)
     train_seconds = time.perf_counter() - t_train

@@ -557,10 +557,10 @@ def mix_batches(chunks:Iterable, # `Batch`es (or tensors) of [tokens, width]
 # %% ../nbs/04_data.ipynb #47cb4b6b
 def pick_texts(sequence_ids:torch.Tensor, # [tokens] the text of each row
                n_tokens:int, seed:int) -> torch.Tensor:
-    "Ids of texts drawn at random until they hold at least `n_tokens` of the rows (sorted)."
+    "Ids of texts drawn at random until they hold at least `n_tokens` of the rows, or half the texts (sorted)."
     texts, counts = sequence_ids.unique(return_counts=True)
     order = torch.randperm(len(texts), generator=torch.Generator().manual_seed(seed))
-    enough = int((counts[order].cumsum(0) < n_tokens).sum()) + 1
+    enough = min(int((counts[order].cumsum(0) < n_tokens).sum()) + 1, max(1, len(texts) // 2))
     return texts[order[:enough]].sort().values
 
 # %% ../nbs/04_data.ipynb #19053508
@@ -596,7 +596,7 @@ class ActivationSource:
         if self.n_tokens: self.n_tokens -= split['tokens']
 
     def _training_rows(self, chunk:Batch) -> Batch:
-        return chunk
+        if self.held_out is None: return chunk
         return chunk[~torch.isin(chunk.sequence_ids, self.held_out)]
 
     def _epoch_batches(self, epoch:int) -> Iterator[Batch]:
@@ -704,7 +704,7 @@ class StreamingActivations(ActivationSource):
 
     def _hold_out(self, n_tokens):
         order, picked, count = torch.randperm(len(self.texts), generator=torch.Generator().manual_seed(self.seed)).tolist(), [], 0
-        while order and count < n_tokens:  # count tokens (without running the model) until the texts hold enough
+        while order and count < n_tokens and len(picked) < len(self.texts) // 2:  # count tokens, without the model
             picked.append(order.pop(0))
             count += len(self.tokenizer(self.texts[picked[-1]], truncation=True, max_length=self.max_length)['input_ids'])
         held = torch.tensor(sorted(picked))

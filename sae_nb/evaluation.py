@@ -250,6 +250,7 @@ def sae_eval(sae:str='sae_out/sae', # folder of an SAE saved with sae.save (sae_
              layer:str='15', # the model's hook point the SAE reads
              texts:str='shakespeare', # corpus for capture and splicing
              max_texts:int=64, # passages to capture / splice over
+             skip_texts:int=600, # start after this many passages: the main job trains on the first 600, so these are unseen
              max_tokens:int=100_000, # evaluation tokens at most
              outlier_norm_ratio:float=10.0, # leave out attention sinks above this × the median norm; 0 keeps all
              json:str=None, # also write the report to this JSON file
@@ -264,7 +265,7 @@ def sae_eval(sae:str='sae_out/sae', # folder of an SAE saved with sae.save (sae_
     if not shard_dir and not model: raise ValueError("give --shard-dir (a stored run) or --model (to capture from).")
     lay = _parse_layers(layer)[0]
     m = tok = passages = None
-    if model: m, tok = load_model(model); passages = load_texts(texts)[:max_texts]
+    if model: m, tok = load_model(model); passages = load_texts(texts)[skip_texts:skip_texts + max_texts]
     if shard_dir:
         run = Path(shard_dir); data = (ActivationStore(run.parent.parent), run.name)
     else:
@@ -272,7 +273,9 @@ def sae_eval(sae:str='sae_out/sae', # folder of an SAE saved with sae.save (sae_
         data = (cap.acts[lay], cap.token_ids)
     report = evaluate(s, data, model=m, tokenizer=tok, texts=passages[:16] if passages else None, layer=lay if m else None,
                       max_tokens=max_tokens, outlier_norm_ratio=outlier_norm_ratio or None)
-    print(_report_text(report))
+    where = (f"passages {skip_texts} to {skip_texts + len(passages) - 1} of {texts!r}" if not shard_dir else
+             f"every token of the stored run {Path(shard_dir).name} (held out only if the SAE did not train on that run)")
+    print(f"measured on {where}\n" + _report_text(report))
     if json: atomic_write_text(json, _json.dumps(report.to_dict(), indent=1))
     return report
 

@@ -119,6 +119,13 @@ class DataParallel:
         dist.all_reduce(flat); flat /= self.world_size
         for g, part in zip(grads, flat.split([g.numel() for g in grads])): g.copy_(part.view_as(g))
 
+    def batch_variance(self, x:torch.Tensor) -> torch.Tensor:
+        "σ² of the global batch (the unit of the loss terms), from every process's rows: one small all-reduce."
+        stats = torch.cat([x.new_tensor([len(x)]), x.sum(0), x.pow(2).sum().view(1)])
+        dist.all_reduce(stats)
+        n, total, squares = stats[0], stats[1:-1], stats[-1]
+        return ((squares - total.pow(2).sum() / n) / n).clamp(min=1e-12)
+
     def reduce_fired(self, fired:torch.Tensor, n_tokens:int):
         "Fired on any process, over the tokens of all processes."
         f = fired.to(torch.int32); dist.all_reduce(f, op=dist.ReduceOp.MAX)

@@ -111,6 +111,7 @@ def train_step(sae, optimizer, batch, # a `Batch` (or a [batch, input_dim] tenso
                autocast=nullcontext, # a context manager for mixed precision
                scaler=None, # a `torch.amp.GradScaler` for float16
                sync_grads:Optional[Callable]=None, # averages gradients across data-parallel processes
+               global_variance:Optional[Callable]=None, # x -> σ² of the global batch, across data-parallel processes
               ):
     "One optimisation step; returns the forward output, the loss terms and the total loss."
     b = as_batch(batch)
@@ -120,7 +121,8 @@ def train_step(sae, optimizer, batch, # a `Batch` (or a [batch, input_dim] tenso
         h = out.h if sae.needs_dense_latents() or fit_probe else None  # top-k losses alone never read the dense latents
         x, x_hat = sae.scale_input(b.acts), sae.scale_input(out.x_hat.float())  # losses live in the SAE's own scale
         terms = sae.loss_terms(x, x_hat, h, pre_acts=out.pre_acts, dead_mask=dead_mask, labels=b.labels,
-                               sequence_ids=b.sequence_ids, positions=b.positions)
+                               sequence_ids=b.sequence_ids, positions=b.positions,
+                               variance=global_variance(x.detach().float()) if global_variance else None)
         total = sum(w * v for w, v in terms.values())
         # the probe learns to read the latents at every probe_loss_coeff; only its term above moves the SAE
         backward = total + probe_loss(h.detach(), b.labels, sae.probe) if fit_probe else total
@@ -434,8 +436,9 @@ def step(self:SAETrainer, batch # a `Batch` or a [batch, input_dim] tensor, on t
     x = batch.acts
     for g in self.optimizer.param_groups: g['lr'] = cfg.learning_rate * lr_factor(s.step, cfg.warmup_steps, cfg.lr_schedule, self.total_steps)
     dead_mask = s.tokens_since_fired >= cfg.dead_feature_window if s.any_dead else None
-    out, terms, total = train_step(self.sae, self.optimizer, batch, dead_mask,
-                                   self._autocast, self.scaler, self.parallel.sync_grads if self.parallel else None)
+    par = self.parallel
+    out, terms, total = train_step(self.sae, self.optimizer, batch, dead_mask, self._autocast, self.scaler,
+                                   par.sync_grads if par else None, par.batch_variance if par else None)
     s.step, s.tokens_seen, self._steps_since_log = s.step + 1, s.tokens_seen + len(x), self._steps_since_log + 1
     fired, n = fired_latents(out, cfg.latent_dim), len(x)
     if self.parallel: fired, n = self.parallel.reduce_fired(fired, n)  # a latent fired if it fired on any process
@@ -472,7 +475,12 @@ def _log(self:SAETrainer, x, out, terms, total):
     self._t_log, self._steps_since_log = time.perf_counter(), 0
 
 @patch
-def finish(self:SAETrainer): self._emit('on_end')
+def finish(self:SAETrainer):
+    "End the run: a last evaluation if the final step had none, then the callbacks' `on_end` (the last checkpoint)."
+    s = self.state
+    if self.cfg.eval_every and s.eval_x is not None and (not s.eval_history['step'] or s.eval_history['step'][-1] != s.step):
+        self._evaluate()
+    self._emit('on_end')
 
 # %% ../nbs/05_trainer.ipynb #6d506800
 @patch

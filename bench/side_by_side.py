@@ -1,0 +1,163 @@
+"""sae_nb against EleutherAI sparsify, each trained by its own trainer with its own defaults, on the same tokens.
+
+Run it in the benchmark environment (`bash bench/setup.sh` builds `.bench-venv/`):
+
+    .bench-venv/bin/python bench/side_by_side.py --out bench/side_by_side.json
+
+What it does, in order:
+1. Splits the embedded Shakespeare passages by whole passages: every 20th is held out, the rest train.
+2. Tokenizes the training passages with sparsify's own `chunk_and_tokenize` (sequences of `--ctx` tokens) and
+   shuffles them with the seed its `__main__` uses (42), as a `datasets.Dataset`, exactly what its CLI builds.
+3. Runs sparsify's `Trainer(TrainConfig, dataset, model).fit()` on SmolLM2 with every setting at its default except
+   the shape (`num_latents`, `k`), the hook point and the logging (`log_to_wandb=False`, a temporary `save_dir`).
+   A hook registered first on the same module records the activations sparsify's own hook trains on.
+4. Trains sae_nb's `SAETrainer` on those recorded activations, in the same order, with its defaults except the
+   shape and batch size (and `eval_every=0`: no evaluation during training, for either library).
+5. Scores both SAEs (sparsify's as its trainer saved it) on the held-out passages' activations.
+
+sparsify's command line cannot be used here: its `load_artifacts` places the model on `cuda:{rank}` and loads the
+model and the data set from the Hugging Face hub; this machine has neither a GPU nor the hub.
+"""
+import argparse, json, os, platform, tempfile, time
+from dataclasses import asdict
+from importlib.metadata import version
+
+import torch
+
+
+def parse():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument('--model', default='smollm2', help="a model sae_nb.data.load_model knows")
+    p.add_argument('--layer', type=int, default=15, help="block whose output both SAEs read")
+    p.add_argument('--ctx', type=int, default=128, help="tokens per sequence (sparsify's ctx_len)")
+    p.add_argument('--steps', type=int, default=50, help="training steps of 32 sequences (sparsify's batch_size)")
+    p.add_argument('--latents', type=int, default=4608)
+    p.add_argument('--k', type=int, default=32)
+    p.add_argument('--heldout-seqs', type=int, default=64, help="held-out sequences to score on")
+    p.add_argument('--out', default=None, help="write the result here as JSON")
+    return p.parse_args()
+
+
+def record(module, store):
+    "Keep a copy of every output of `module` (the activations a hook on it sees), flattened to [tokens, d]."
+    def hook(mod, inputs, outputs):
+        out = outputs[0] if isinstance(outputs, tuple) else outputs
+        store.append(out.detach().flatten(0, 1).clone())
+    return module.register_forward_hook(hook)
+
+
+def clocks():
+    "Wall seconds and this process's CPU seconds (all threads): the CPU clock barely moves while others run."
+    return torch.tensor([time.perf_counter(), time.process_time()], dtype=torch.float64)
+
+
+class Stopwatch:
+    "Wall and CPU seconds spent in the model's forward passes and, inside them, in sparsify's training hook."
+    def __init__(self, model, module):
+        self.model_s, self.hook_s = torch.zeros(2, dtype=torch.float64), torch.zeros(2, dtype=torch.float64)
+        model.register_forward_pre_hook(lambda *a: setattr(self, '_t', clocks()))
+        model.register_forward_hook(lambda *a: self.model_s.add_(clocks() - self._t))
+        register = module.register_forward_hook
+        def timed_register(fn, *a, **kw):  # sparsify registers its training hook anew for every batch
+            def timed(*args):
+                t = clocks()
+                try: return fn(*args)
+                finally: self.hook_s.add_(clocks() - t)
+            return register(timed, *a, **kw)
+        module.register_forward_hook = timed_register
+
+
+def main():
+    a = parse()
+    os.environ.setdefault('SPARSIFY_DISABLE_TRITON', '1')  # its Triton decoder needs CUDA
+    from datasets import Dataset
+    from sparsify import SparseCoder, SparseCoderConfig, Trainer, TrainConfig
+    from sparsify.data import chunk_and_tokenize
+    from sae_nb.bench import matmul_rate
+    from sae_nb.config import SAEConfig
+    from sae_nb.data import load_model, load_texts
+    from sae_nb.losses import fvu
+    from sae_nb.trainer import SAETrainer
+
+    texts = load_texts('shakespeare')
+    train_texts = [t for i, t in enumerate(texts) if i % 20]
+    heldout_texts = [t for i, t in enumerate(texts) if i % 20 == 0]
+    model, tok = load_model(a.model)
+    base = model.base_model  # what sparsify's CLI loads for its default fvu loss (AutoModel)
+    # The blocks after the hooked one change nothing either SAE sees; dropping them halves the model's time.
+    base.layers = base.layers[:a.layer + 1]
+    base.config.num_hidden_layers = a.layer + 1
+    module = base.layers[a.layer]
+
+    tokenize = lambda ts: chunk_and_tokenize(Dataset.from_dict({'text': ts}), tok, max_seq_len=a.ctx, num_proc=1)
+    sp_cfg = TrainConfig(SparseCoderConfig(num_latents=a.latents, k=a.k), layers=[a.layer],
+                         log_to_wandb=False, save_dir=tempfile.mkdtemp())
+    dataset = tokenize(train_texts).shuffle(42)  # sparsify's __main__: shuffle_seed=42
+    dataset = dataset.select(range(a.steps * sp_cfg.batch_size))
+    heldout = tokenize(heldout_texts).select(range(a.heldout_seqs))
+
+    # sparsify, through its own Trainer
+    seen = []
+    record(module, seen)
+    trainer = Trainer(sp_cfg, dataset, base)
+    seen.clear()  # its constructor ran the model once on dummy inputs to read the hook point's width
+    watch = Stopwatch(base, module)
+    sp_lr = trainer.optimizers[0].param_groups[0]['lr']
+    t = clocks(); trainer.fit(); sp_total = clocks() - t
+    model_s = watch.model_s - watch.hook_s
+    sp_sae_s = sp_total - model_s  # everything but the model's own forward passes
+    x_train = torch.cat(seen); seen.clear()
+    sp_sae = SparseCoder.load_from_disk(f"{sp_cfg.save_dir}/unnamed/{sp_cfg.hookpoints[0]}", device='cpu')
+    with torch.no_grad():
+        for i in range(0, len(heldout), 16): base(heldout[i:i + 16]['input_ids'])
+    x_eval = torch.cat(seen)
+
+    # sae_nb, through its own trainer, on the activations sparsify trained on, in the same order
+    nb_cfg = SAEConfig(input_dim=x_train.shape[1], expansion_factor=a.latents / x_train.shape[1], k=a.k,
+                       batch_size=sp_cfg.batch_size * a.ctx, eval_every=0, checkpoint_dir=tempfile.mkdtemp())
+    tr = SAETrainer(nb_cfg, progress=False)
+    t = clocks(); tr.train(x_train); nb_s = clocks() - t
+
+    # Attention-sink tokens (each sequence's first token among them) have norms far above the rest and dominate the
+    # variance: FVU is also given without them (norm over 10x the median, the rule of sae_nb's capture).
+    typical = x_eval.norm(dim=1) <= 10 * x_eval.norm(dim=1).median()
+    with torch.no_grad():
+        nb_hat = torch.cat([tr.sae(b).x_hat for b in x_eval.split(4096)])
+        sp_hat = torch.cat([sp_sae(b).sae_out for b in x_eval.split(4096)])
+    nb_fvu = (fvu(x_eval, nb_hat).item(), fvu(x_eval[typical], nb_hat[typical]).item())
+    sp_fvu = (fvu(x_eval, sp_hat).item(), fvu(x_eval[typical], sp_hat[typical]).item())
+    tokens, tmp = len(x_train), '<temporary folder>'
+    result = {
+        'versions': {p: version(p) for p in ('sae_nb', 'eai-sparsify', 'torch', 'transformers', 'datasets')}
+                    | {'python': platform.python_version()},
+        'machine': f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads "
+                   f"{torch.get_num_threads()}",
+        'matmul GFLOP/s': matmul_rate(),
+        'data': {'model': a.model, 'hook': f"{sp_cfg.hookpoints[0]} output", 'd': x_train.shape[1],
+                 'latents': a.latents, 'k': a.k, 'train passages': len(train_texts),
+                 'held-out passages': len(heldout_texts),
+                 'sequence tokens': a.ctx, 'steps': a.steps, 'train tokens': tokens,
+                 'held-out tokens': len(x_eval), 'held-out sink tokens': int((~typical).sum()),
+                 'model forward s (not counted)': model_s[0].item()},
+        'sparsify settings': asdict(sp_cfg) | {'save_dir': tmp, 'resolved lr': sp_lr,
+                                               'optimizer class': type(trainer.optimizers[0]).__name__},
+        'sae_nb settings': nb_cfg.to_dict() | {'checkpoint_dir': tmp},
+        'rows': [
+            {'library': lib, 'trainer': how, 'tokens/s': tokens / s[0].item(), 'SAE seconds': s[0].item(),
+             'tokens per CPU second': tokens / s[1].item(), 'held-out FVU': f[0], 'held-out FVU without sinks': f[1]}
+            for lib, how, s, f in (('sae_nb', 'SAETrainer.train', nb_s, nb_fvu),
+                                   ('sparsify', 'Trainer.fit', sp_sae_s, sp_fvu))
+        ],
+    }
+    result['load average'] = os.getloadavg()  # other processes on the machine: over the core count, wall times suffer
+    result['speed-up'] = result['rows'][0]['tokens/s'] / result['rows'][1]['tokens/s']
+    per_cpu_s = [row['tokens per CPU second'] for row in result['rows']]
+    result['speed-up, CPU time'] = per_cpu_s[0] / per_cpu_s[1]
+    text = json.dumps(result, indent=1, default=str)
+    if a.out:
+        with open(a.out, 'w') as f: f.write(text + '\n')
+    print(text)
+
+
+if __name__ == '__main__':
+    main()
