@@ -11,8 +11,9 @@ What it does, in order:
 3. Runs sparsify's `Trainer(TrainConfig, dataset, model).fit()` on SmolLM2 with every setting at its default except
    the shape (`num_latents`, `k`), the hook point and the logging (`log_to_wandb=False`, a temporary `save_dir`).
    A hook registered first on the same module records the activations sparsify's own hook trains on.
-4. Trains sae_nb's `SAETrainer` on those recorded activations, in the same order, with its defaults except the
-   shape and batch size (and `eval_every=0`: no evaluation during training, for either library).
+4. Trains sae_nb's `SAETrainer` on those recorded activations (the same tokens; its trainer shuffles them, as it
+   always does), with its defaults except the shape and batch size (and `eval_every=0`: no evaluation during
+   training, for either library).
 5. Scores both SAEs (sparsify's as its trainer saved it) on the held-out passages' activations.
 
 sparsify's command line cannot be used here: its `load_artifacts` places the model on `cuda:{rank}` and loads the

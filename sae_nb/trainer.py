@@ -318,7 +318,7 @@ def _check_batch(x:torch.Tensor, cfg:SAEConfig, step:int):
 @patch
 def _resume(self:SAETrainer, path, source):
     sae, payload, path = load_checkpoint(path)
-    theirs = payload.get('config') or {}
+    theirs = {f.name: f.default for f in fields(SAEConfig)} | (payload.get('config') or {})  # older runs lack newer fields
     diff = [f"{n}: checkpoint {theirs.get(n)!r}, config {getattr(self.cfg, n)!r}" for n in ARCHITECTURE_FIELDS if theirs.get(n) != getattr(self.cfg, n)]
     if diff: raise CheckpointError(f"Cannot resume from {path}: it is an SAE of another shape ({'; '.join(diff)}). "
                                    f"Resume with the config it was trained with, or start a new run.")

@@ -88,21 +88,23 @@ def test_store_source(tiny, recorded):
     model, tok, texts = tiny
     st = ActivationStore(tempfile.mkdtemp())
     run = st.capture(model, tok, texts, layers=1, shard_tokens=1500, progress=False)
-    tr = SAETrainer(cfg(), progress=False).train(ActivationShardDataset(st, run, batch_size=256, epochs=2, buffer_tokens=2000))
+    src = ActivationShardDataset(st, run, batch_size=256, epochs=2, buffer_tokens=2000)
+    tr = SAETrainer(cfg(), progress=False).train(src)
     check_disjoint(tr, [b for t, b in recorded])
     assert tr.state.split['shards'] and tr.state.split['run_id'] == run
 
 
 def test_streaming_source(tiny, recorded):
     model, tok, texts = tiny
-    src = StreamingActivations(model, tok, texts, layer=1, batch_size=256, epochs=2, buffer_tokens=2000, text_batch_size=16)
+    src = StreamingActivations(model, tok, texts, layer=1, batch_size=256, epochs=2, buffer_tokens=2000,
+                               text_batch_size=16)
     tr = SAETrainer(cfg(), progress=False).train(src)
     check_disjoint(tr, [b for t, b in recorded])
 
 
 def test_cli(tiny, recorded, tmp_path):
-    summary = sae_train(model='tiny-gpt2', layer='1', max_texts=200, expansion_factor=2, k=4, batch_size=256, max_epochs=2,
-                        store=str(tmp_path/'store'), out=str(tmp_path/'out'), quiet=True)
+    summary = sae_train(model='tiny-gpt2', layer='1', max_texts=200, expansion_factor=2, k=4, batch_size=256,
+                        max_epochs=2, store=str(tmp_path/'store'), out=str(tmp_path/'out'), quiet=True)
     trainers = {id(t): t for t, _ in recorded}
     assert len(trainers) == 1
     tr = next(iter(trainers.values()))
