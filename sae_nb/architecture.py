@@ -98,6 +98,9 @@ class SparseAutoencoder(nn.Module):
         self.to(pick_device(device or config.device))
 
     def extra_repr(self): return f"{self.cfg.input_dim} -> {self.cfg.latent_dim}, activation={self.cfg.activation}"
+    def sae_parameters(self) -> list:
+        "The parameters of the SAE itself: all but the probe's, which reads the latents rather than making them."
+        return [p for n, p in self.named_parameters() if not n.startswith('probe.')]
 
 # %% ../nbs/02_architecture.ipynb #582a8f8c
 def _pre_acts(sae, x): return (x - sae.b_dec) @ sae.W_enc + sae.b_enc

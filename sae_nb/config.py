@@ -14,11 +14,20 @@ import torch
 from fastcore.basics import patch
 
 # %% auto #0
-__all__ = ['ACTIVATIONS', 'TOPK_STYLE', 'PRESETS', 'atomic_path', 'atomic_write_text', 'ConfigError', 'setting', 'field_help',
-           'SAEConfig', 'pick_device', 'preset_config', 'gpt2_sae_config', 'gpt2_medium_sae_config',
-           'pythia_1_4b_sae_config', 'smollm2_sae_config', 'minilm_sae_config']
+__all__ = ['ACTIVATIONS', 'TOPK_STYLE', 'PRESETS', 'normal_permissions', 'atomic_path', 'atomic_write_text', 'ConfigError',
+           'setting', 'field_help', 'SAEConfig', 'pick_device', 'preset_config', 'gpt2_sae_config',
+           'gpt2_medium_sae_config', 'pythia_1_4b_sae_config', 'smollm2_sae_config', 'minilm_sae_config']
 
 # %% ../nbs/01_config.ipynb #6ec1a47c
+def _umask() -> int:
+    mask = os.umask(0); os.umask(mask)
+    return mask
+
+def normal_permissions(path:str|Path, folder:bool=False) -> Path:
+    "Give `path` the mode a plain new file (or folder) gets under the user's umask: temporary ones start private."
+    os.chmod(path, (0o777 if folder else 0o666) & ~_umask())
+    return Path(path)
+
 @contextmanager
 def atomic_path(path:str|Path): # the file to write
     "Yield a temporary path beside `path`; on success rename it onto `path`, on error remove it."
@@ -29,6 +38,7 @@ def atomic_path(path:str|Path): # the file to write
     os.close(fd)
     try:
         yield Path(tmp)
+        normal_permissions(tmp)  # after the writer: some (safetensors) replace the file with a private one
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -107,7 +117,7 @@ class SAEConfig:
     eval_tokens:int = setting(8192, "tokens of whole texts, picked at random, held out of training to evaluate on (0: none)")
     early_stopping_patience:Optional[int] = setting(None, "stop after this many evaluations with no improvement (None: never)")
     wandb_project:Optional[str] = setting(None, "log to this Weights & Biases project (None: no wandb)")
-    wandb_mode:str = setting('offline', "offline, online or disabled; online only when asked for")
+    wandb_mode:str = setting('offline', "offline, online or disabled; online only when asked for (WANDB_MODE in the environment comes first)")
     checkpoint_dir:str = setting('checkpoints', "folder for checkpoints")
     keep_checkpoints:int = setting(3, "how many of the newest checkpoints to keep; older ones are deleted")
 

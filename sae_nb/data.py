@@ -18,7 +18,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from .config import atomic_path, atomic_write_text
+from .config import atomic_path, atomic_write_text, normal_permissions
 from .testing import tiny_gpt2
 
 # %% auto #0
@@ -57,7 +57,8 @@ def _load_smollm2():
         model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
         model.hf_quantizer = None  # the weights are dequantised float32 now; this lets save_pretrained write them
         if hasattr(model.config, 'quantization_config'): del model.config.quantization_config
-        tmp = Path(tempfile.mkdtemp(prefix='.smollm2-', dir=cached.parent.mkdir(parents=True, exist_ok=True) or cached.parent))
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = normal_permissions(tempfile.mkdtemp(prefix='.smollm2-', dir=cached.parent), folder=True)
         model.save_pretrained(tmp); tok.save_pretrained(tmp)
         try: tmp.rename(cached)        # atomic: a half-written cache never looks complete
         except OSError: shutil.rmtree(tmp, ignore_errors=True)  # another process finished first

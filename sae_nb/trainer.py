@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from fastcore.basics import patch
 from tqdm.auto import tqdm
 
-from .config import SAEConfig, ConfigError, pick_device
+from .config import SAEConfig, ConfigError, pick_device, normal_permissions
 from .architecture import SparseAutoencoder, CheckpointError, LOSS_NAMES, _safe_torch_load
 from .losses import fvu, probe_loss
 from .data import ActivationSource, InMemoryActivations, Batch, Captured, as_batch, activation_scale
@@ -131,7 +131,7 @@ def train_step(sae, optimizer, batch, # a `Batch` (or a [batch, input_dim] tenso
     if sync_grads: sync_grads(sae)
     if scaler: scaler.unscale_(optimizer)
     sae.remove_parallel_grads()
-    if sae.cfg.grad_clip: torch.nn.utils.clip_grad_norm_(sae.parameters(), sae.cfg.grad_clip)
+    if sae.cfg.grad_clip: torch.nn.utils.clip_grad_norm_(sae.sae_parameters(), sae.cfg.grad_clip)  # the probe's own fit aside
     if scaler: scaler.step(optimizer); scaler.update()
     else: optimizer.step()
     return out, terms, total
@@ -163,9 +163,10 @@ class WandbCallback(Callback):
         import wandb
         c = trainer.cfg
         kw = dict(project=c.wandb_project, config=c.to_dict(), dir=str(Path(c.checkpoint_dir)), reinit='finish_previous')
-        try: self.run = wandb.init(mode=c.wandb_mode, settings=wandb.Settings(init_timeout=self.timeout, silent=True), **kw)
+        mode = {'dryrun': 'offline'}.get(os.environ.get('WANDB_MODE'), os.environ.get('WANDB_MODE')) or c.wandb_mode
+        try: self.run = wandb.init(mode=mode, settings=wandb.Settings(init_timeout=self.timeout, silent=True), **kw)  # env first
         except Exception as e:
-            if c.wandb_mode != 'online': raise
+            if mode != 'online': raise
             warnings.warn(f"wandb could not reach its server ({type(e).__name__}); logging offline instead. Sync later with `wandb sync`.")
             self.run = wandb.init(mode='offline', **kw)
     def on_log(self, trainer, m): self.run.log(asdict(m), step=m.step)
@@ -210,7 +211,7 @@ def save_checkpoint(trainer, folder:Union[str, Path]) -> Path:
         raise NotADirectoryError(f"checkpoint_dir={str(folder)!r} is a file, not a folder: choose another checkpoint_dir.")
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f'.tmp-{final.name}-', dir=folder))
+        tmp = normal_permissions(tempfile.mkdtemp(prefix=f'.tmp-{final.name}-', dir=folder), folder=True)
     except OSError as e:
         raise OSError(f"Cannot write a checkpoint into {folder}: {e.strerror}. The previous checkpoints are untouched; "
                       f"free some space or choose another checkpoint_dir.") from None
