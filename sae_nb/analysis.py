@@ -232,7 +232,7 @@ def steer(model, sae, layer, features:dict, # {feature: alpha}
     feats = torch.tensor(list(features), dtype=torch.long)
     alphas = torch.tensor([float(a) for a in features.values()])
     def edit(acts):
-        atoms = sae.W_dec[feats].to(acts)                             # [n, width]
+        atoms = (sae.W_dec[feats] / sae._scale).to(acts)              # [n, width] in raw units (see input_scale)
         if mode == 'add': return acts + (alphas.to(acts) @ atoms)
         flat = acts.reshape(-1, acts.shape[-1]).float()               # the SAE reads [tokens, width]
         current = sae.encode(flat)[:, feats].view(*acts.shape[:-1], -1).to(acts)   # [..., n]

@@ -313,6 +313,7 @@ def fold_input_scale(self:SparseAutoencoder) -> SparseAutoencoder:
     s = self._scale
     self.W_enc.mul_(s); self.W_dec.div_(s); self.b_dec.div_(s)
     self.set_input_scale(1.0)
+    self.cfg = replace(self.cfg, normalize_activations='none')  # what it now is: trained further, it stays folded
     return self
 
 @patch

@@ -123,7 +123,8 @@ def _data_for(cfg, model, layer, texts, max_texts, max_length, shard_dir, store,
         cfg = replace(cfg, input_dim=width)
     if (probe_coef or cfg.probe_loss_coeff) and not meta.get('labels'):
         raise ValueError("--probe-coef needs labelled texts: give --texts a .jsonl or .csv file with a label column.")
-    if meta.get('labels') and not cfg.probe_classes: cfg = replace(cfg, probe_classes=max(2, meta['labels']['classes']))
+    classes = (meta.get('labels') or {}).get('classes', 0)
+    if classes and cfg.probe_classes < classes: cfg = replace(cfg, probe_classes=max(2, classes))  # one output per class
     if probe_coef is not None: cfg = replace(cfg, probe_loss_coeff=probe_coef)
     source = ActivationShardDataset(st, run_id, batch_size=cfg.batch_size, epochs=cfg.max_epochs, seed=cfg.seed, run_length=cfg.run_length)
     return source, cfg, st, run_id

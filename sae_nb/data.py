@@ -579,20 +579,23 @@ class ActivationSource:
         self.batch_size, self.epochs, self.seed, self.token_limit = batch_size, epochs, seed, token_limit
         self.buffer_tokens, self.run_length = buffer_tokens, run_length
         self.epoch, self.batch_in_epoch, self.tokens_seen = 0, 0, 0
-        self.held_out, self.split = None, None  # [texts] ids left out of training; a description of the split
+        self.held_out, self.split, self.held = None, None, None  # ids left out of training; the split; its tokens
 
     def _chunks(self, epoch:int, g:torch.Generator) -> Iterator[Batch]: raise NotImplementedError
     def _hold_out(self, n_tokens:int) -> tuple: raise NotImplementedError # -> (held-out text ids, their `Batch`, split)
 
     def hold_out(self, n_tokens:int) -> Batch:
-        "Leave whole texts holding at least `n_tokens` tokens out of training; returns their tokens."
+        "Leave whole texts holding at least `n_tokens` tokens out of training; returns their tokens (kept as `held`)."
+        if self.split is not None: raise RuntimeError("This source already holds texts out (its `split`); hold out once.")
         if self.epoch or self.batch_in_epoch: raise RuntimeError("hold_out must come before the first batch is drawn.")
         held_out, held, split = self._hold_out(n_tokens)
-        self.exclude(split)
+        if len(held): self.exclude(split); self.held = held  # nothing to hold out (texts of no tokens): train on all
         return held
 
     def exclude(self, split:dict):
         "Leave out of training the texts of `split` (what `hold_out` recorded): how a resumed run restores its split."
+        if self.split == split: return  # already left out: once is enough
+        if self.split is not None: raise RuntimeError("This source already holds out other texts than the checkpoint's.")
         self.held_out, self.split = torch.tensor(split['text_ids'], dtype=torch.long), split
         if self.n_tokens: self.n_tokens -= split['tokens']
 

@@ -11,7 +11,7 @@ from typing import Union
 import torch
 import torch.distributed as dist
 
-from .config import SAEConfig
+from .config import SAEConfig, ConfigError
 from .data import ActivationSource, InMemoryActivations, Batch
 from .trainer import SAETrainer, hold_out_eval
 
@@ -71,6 +71,10 @@ def train_sweep(configs:Union[list, dict], # SAEConfigs, or {name: SAEConfig}
     if not isinstance(data, ActivationSource):
         data = InMemoryActivations(data, batch_size=max(c.batch_size for c in cfgs), epochs=max(c.max_epochs for c in cfgs),
                                    seed=cfgs[0].seed, run_length=max(c.run_length for c in cfgs))
+    for c in cfgs:
+        if c.temporal_smoothness_coeff and data.run_length < 2:
+            raise ConfigError(f"temporal_smoothness_coeff > 0 needs batches of adjacent tokens, but the source shuffles "
+                              f"runs of {data.run_length}: create it with run_length={max(c.run_length, 2)}.")
     evaluating = [c for c in cfgs if c.eval_every and c.eval_tokens]  # one held-out set, the largest asked for, for all
     eval_data = hold_out_eval(data, max(evaluating, key=lambda c: c.eval_tokens)) if evaluating else None
     trainers = [SAETrainer(c, progress=progress) for c in cfgs]
@@ -146,6 +150,7 @@ class DistributedSlice(ActivationSource):
         self.input_dim, self.run_length = getattr(source, 'input_dim', None), source.run_length
     n_tokens = property(lambda self: getattr(self.source, 'n_tokens', None))
     split = property(lambda self: self.source.split)
+    held = property(lambda self: self.source.held)
     def hold_out(self, n_tokens:int): return self.source.hold_out(n_tokens)  # every process holds out the same texts
     def exclude(self, split:dict): self.source.exclude(split)
     def __iter__(self):

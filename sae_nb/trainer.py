@@ -289,15 +289,18 @@ def _as_source(data, cfg:SAEConfig) -> ActivationSource:
 
 def hold_out_eval(source:ActivationSource, cfg:SAEConfig, eval_data=None) -> Optional[Batch]:
     "The evaluation tokens: `eval_data` if given, else whole texts the source holds out of training (None: no evaluation)."
+    if isinstance(eval_data, Captured): eval_data = eval_data.batch(next(iter(eval_data.acts)))
     if eval_data is not None: return as_batch(eval_data if not torch.is_tensor(eval_data) else eval_data.reshape(-1, eval_data.shape[-1]))
     if not (cfg.eval_every and cfg.eval_tokens): return None
+    if source.split is not None: return source.held  # the caller held texts out already: evaluate on those
     n = getattr(source, 'n_tokens', None)
     if n is not None and n <= 2 * cfg.eval_tokens: return None
-    return source.hold_out(cfg.eval_tokens)
+    held = source.hold_out(cfg.eval_tokens)
+    return held if len(held) else None  # texts of no tokens: nothing was held out
 
 def _total_steps(source, cfg:SAEConfig, own:bool=False) -> Optional[int]:
     "Steps in the run; `own`: by the config's batch size and epochs rather than the source's (a sweep's shared source)."
-    batch, epochs = (cfg.batch_size, cfg.max_epochs) if own else (source.batch_size, source.epochs)
+    batch, epochs = (cfg.batch_size, min(cfg.max_epochs, source.epochs)) if own else (source.batch_size, source.epochs)
     n = getattr(source, 'n_tokens', None)
     if source.token_limit is not None: n = min(n or source.token_limit, source.token_limit) if n else source.token_limit
     epochs = epochs if source.token_limit is None else 1
@@ -319,6 +322,9 @@ def _check_batch(x:torch.Tensor, cfg:SAEConfig, step:int):
 @patch
 def _resume(self:SAETrainer, path, source):
     sae, payload, path = load_checkpoint(path)
+    if payload.get('eval_x') is not None and 'split' not in payload:
+        raise CheckpointError(f"{path} was saved before sae_nb recorded which texts it held out, so its evaluation tokens "
+                              f"could not be kept out of training after a resume. Start a new run from its weights instead.")
     theirs = {f.name: f.default for f in fields(SAEConfig)} | (payload.get('config') or {})  # older runs lack newer fields
     diff = [f"{n}: checkpoint {theirs.get(n)!r}, config {getattr(self.cfg, n)!r}" for n in ARCHITECTURE_FIELDS if theirs.get(n) != getattr(self.cfg, n)]
     if diff: raise CheckpointError(f"Cannot resume from {path}: it is an SAE of another shape ({'; '.join(diff)}). "
@@ -417,7 +423,7 @@ def begin(self:SAETrainer, source, first, # its first batch (None when resuming)
         if eval_data is not None:
             d = {k: (v.cpu() if v is not None else None) for k, v in eval_data.as_dict().items()}
             s.eval_x, s.eval_meta = d.pop('acts').float(), d
-            s.split = source.split or {'tokens': len(eval_data), 'given': True}
+        if eval_data is not None or source.split: s.split = source.split or {'tokens': len(eval_data), 'given': True}
     self._autocast = (lambda: torch.autocast(self.device.type, dtype=getattr(torch, cfg.amp_dtype))) if cfg.use_amp else nullcontext
     self._t_log, self._steps_since_log = time.perf_counter(), 0
     self._emit('on_start')

@@ -140,3 +140,35 @@ def test_resume(tiny, recorded):
     check_disjoint(tr, [b for t, b in recorded])   # before and after the resume
     straight = SAETrainer(cfg(), progress=False).train(source())
     assert straight.state.split == tr.state.split   # the same texts held out after a resume
+
+
+def test_a_source_held_out_by_its_user(tiny, recorded):
+    "Holding out by hand, then training: the trainer evaluates on those texts and holds nothing else out."
+    model, tok, texts = tiny
+    cap = collect_activations(model, tok, texts, layer=1, progress=False)
+    src = InMemoryActivations(cap, batch_size=256, epochs=2)
+    mine = src.hold_out(1000)
+    tr = SAETrainer(cfg(), progress=False).train(src)
+    check_disjoint(tr, [b for t, b in recorded])
+    assert tr.state.split == src.split and torch.equal(tr.state.eval_x, mine.acts)
+    assert src.n_tokens == len(cap) - len(mine)   # counted out once
+
+
+def test_nothing_to_hold_out(tiny):
+    "One text cannot be split: the run trains on it and makes no held-out figure, rather than failing."
+    model, tok, texts = tiny
+    src = StreamingActivations(model, tok, texts[:1], layer=1, batch_size=64, epochs=1)
+    tr = SAETrainer(cfg(max_steps=2), progress=False).train(src)
+    assert tr.state.split is None and tr.state.eval_x is None and tr.state.step == 2
+
+
+def test_resume_refuses_a_checkpoint_without_its_split(tmp_path):
+    "A checkpoint that does not say what it held out cannot be resumed without training on its evaluation tokens."
+    c = cfg(checkpoint_every=5, checkpoint_dir=str(tmp_path))
+    SAETrainer(c, progress=False).train(torch.randn(6000, 32))
+    (ckpt,) = [p for p in sorted(tmp_path.glob('step_*'))][-1:]
+    payload = torch.load(ckpt/'trainer_state.pt', weights_only=True)
+    del payload['split']
+    torch.save(payload, ckpt/'trainer_state.pt')
+    with pytest.raises(Exception, match="recorded which texts it held out"):
+        SAETrainer(c, progress=False).train(torch.randn(6000, 32), resume_from=ckpt)
