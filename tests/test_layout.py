@@ -54,6 +54,14 @@ def test_quarto_config_is_where_nbdev_reads_it():
     assert (NBS/'_quarto.yml').resolve() == (ROOT/'_quarto.yml').resolve()
     assert yaml.safe_load((ROOT/'_quarto.yml').read_text())['project']['type'] == 'website'
 
+def test_every_file_the_quarto_config_names_exists():
+    "Quarto fails on a missing stylesheet or metadata file; nbdev writes nbdev.yml itself when it builds the docs."
+    quarto = yaml.safe_load((ROOT/'_quarto.yml').read_text())
+    css = quarto['format']['html'].get('css', [])
+    named = ([css] if isinstance(css, str) else css) + [f for f in quarto.get('metadata-files', []) if f != 'nbdev.yml']
+    missing = [f for f in named if not (NBS/f).is_file()]
+    assert named and not missing, f"_quarto.yml names files that nbs/ lacks: {missing}"
+
 def _mixes_imports(src:str) -> bool:
     lines = [l for l in src.splitlines() if l.strip() and not l.lstrip().startswith('#')]
     imports = [l for l in lines if re.match(r'\s*(import|from)\s+\S+', l)]
