@@ -11,9 +11,9 @@ from typing import Union
 import torch
 import torch.distributed as dist
 
-from .config import SAEConfig, ConfigError
+from .config import SAEConfig
 from .data import ActivationSource, InMemoryActivations, Batch
-from .trainer import SAETrainer, hold_out_eval
+from .trainer import SAETrainer, hold_out_eval, check_source
 
 # %% auto #0
 __all__ = ['ABC_CONFIGS', 'Table', 'SweepResults', 'train_sweep', 'DataParallel', 'DistributedSlice', 'init_distributed',
@@ -71,10 +71,7 @@ def train_sweep(configs:Union[list, dict], # SAEConfigs, or {name: SAEConfig}
     if not isinstance(data, ActivationSource):
         data = InMemoryActivations(data, batch_size=max(c.batch_size for c in cfgs), epochs=max(c.max_epochs for c in cfgs),
                                    seed=cfgs[0].seed, run_length=max(c.run_length for c in cfgs))
-    for c in cfgs:
-        if c.temporal_smoothness_coeff and data.run_length < 2:
-            raise ConfigError(f"temporal_smoothness_coeff > 0 needs batches of adjacent tokens, but the source shuffles "
-                              f"runs of {data.run_length}: create it with run_length={max(c.run_length, 2)}.")
+    for c in cfgs: check_source(data, c)
     evaluating = [c for c in cfgs if c.eval_every and c.eval_tokens]  # one held-out set, the largest asked for, for all
     eval_data = hold_out_eval(data, max(evaluating, key=lambda c: c.eval_tokens)) if evaluating else None
     trainers = [SAETrainer(c, progress=progress) for c in cfgs]

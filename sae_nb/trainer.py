@@ -24,7 +24,8 @@ from .data import ActivationSource, InMemoryActivations, Batch, Captured, as_bat
 __all__ = ['ARCHITECTURE_FIELDS', 'BENCH_SCRIPT', 'lr_factor', 'TrainingMetrics', 'TrainingState', 'update_dead_counters',
            'fired_latents', 'resample_dead_latents', 'train_step', 'Callback', 'ProgressCallback', 'WandbCallback',
            'checkpoint_name', 'list_checkpoints', 'latest_checkpoint', 'save_checkpoint', 'load_checkpoint',
-           'CheckpointCallback', 'SAETrainer', 'hold_out_eval', 'latent_change', 'train_sae', 'benchmark_training']
+           'CheckpointCallback', 'SAETrainer', 'check_source', 'hold_out_eval', 'latent_change', 'train_sae',
+           'benchmark_training']
 
 # %% ../nbs/05_trainer.ipynb #2771bbbd
 def lr_factor(step:int, # 0-based step
@@ -276,11 +277,15 @@ class SAETrainer:
         for cb in self.callbacks: getattr(cb, event)(self, *args)
 
 # %% ../nbs/05_trainer.ipynb #2ab3bfc3
+def check_source(source:ActivationSource, cfg:SAEConfig):
+    "Refuse a source whose batches cannot serve `cfg`: temporal smoothness needs runs of adjacent tokens."
+    if cfg.temporal_smoothness_coeff and source.run_length < 2:
+        raise ConfigError(f"temporal_smoothness_coeff > 0 needs batches of adjacent tokens, but the source shuffles "
+                          f"runs of {source.run_length}: create it with run_length={max(cfg.run_length, 2)}.")
+
 def _as_source(data, cfg:SAEConfig) -> ActivationSource:
     if isinstance(data, ActivationSource):
-        if cfg.temporal_smoothness_coeff and data.run_length < 2:
-            raise ConfigError(f"temporal_smoothness_coeff > 0 needs batches of adjacent tokens, but the source shuffles "
-                              f"runs of {data.run_length}: create it with run_length={max(cfg.run_length, 2)}.")
+        check_source(data, cfg)
         return data
     if not isinstance(data, (Batch, Captured)):
         if not torch.is_tensor(data): raise TypeError(f"train() takes a tensor, a Batch or an ActivationSource, not {type(data).__name__}.")
