@@ -244,7 +244,7 @@ def _report_text(report:EvalReport) -> str:
         elif v is not None: rows.append(f"  {k}: {v:.6g}" if isinstance(v, float) else f"  {k}: {v}")
     return 'SAE evaluation\n' + '\n'.join(rows)
 
-def sae_eval(sae:str='sae_out/sae', # folder of an SAE saved with sae.save (sae_train writes sae_out/sae)
+def sae_eval(sae:str='sae_out/sae', # an SAE in any layout `from_pretrained` reads: sae_train's sae_out/sae, SAELens, sparsify, a .pt
              shard_dir:str=None, # evaluate on this stored run (store/activations/<run_id>)
              model:str=None, # or capture from this model (a built-in name, folder or hub name); also enables splicing metrics
              layer:str='15', # the model's hook point the SAE reads
@@ -261,7 +261,7 @@ def sae_eval(sae:str='sae_out/sae', # folder of an SAE saved with sae.save (sae_
     from sae_nb.data import load_model, load_texts, collect_activations
     from sae_nb.cli import _parse_layers
     from sae_nb.config import atomic_write_text
-    s = SparseAutoencoder.load(sae, device='cpu')
+    s = SparseAutoencoder.from_pretrained(sae, device='cpu')
     if not shard_dir and not model: raise ValueError("give --shard-dir (a stored run) or --model (to capture from).")
     lay = _parse_layers(layer)[0]
     m = tok = passages = None
