@@ -36,7 +36,7 @@ def _build(activation:str, tensors:dict, source, k:int=32, settings:Optional[dic
     cfg = {n: v for n, v in (settings or {}).items() if n in ours}
     cfg.update(input_dim=d_in, expansion_factor=d_sae / d_in, activation=activation, k=int(k),
                normalize_activations='none')  # any input scale is already folded into the tensors
-    if 'probe.weight' not in tensors: cfg['probe_classes'] = 0  # no untrained probe in place of one the file lacks
+    if 'probe.weight' not in tensors: cfg.update(probe_classes=0, probe_loss_coeff=0.0)  # no untrained probe for one not saved
     try: sae = SparseAutoencoder(SAEConfig(**cfg), device='cpu')
     except ConfigError as e: raise CheckpointError(f"{source}: its settings do not make a valid SAEConfig: {e}") from None
     state = {n: v for n, v in sae.state_dict().items() if n not in tensors}  # what the file cannot hold: a probe
@@ -44,6 +44,7 @@ def _build(activation:str, tensors:dict, source, k:int=32, settings:Optional[dic
     return sae.eval()
 
 # %% ../nbs/02b_formats.ipynb #749b2d36
+_RESCALING = ('topk', 'batchtopk', 'matryoshka_batchtopk')  # SAELens reads rescale_acts_by_decoder_norm for these only
 SAELENS_ARCHITECTURES = {'standard': 'relu', 'topk': 'topk', 'jumprelu': 'jumprelu', 'gated': 'jumprelu',
                          'batchtopk': 'batchtopk', 'matryoshka_batchtopk': 'batchtopk'}
 _SAELENS_ARITHMETIC = {'architecture', 'd_in', 'd_sae', 'dtype', 'apply_b_dec_to_input', 'normalize_activations',
@@ -81,6 +82,7 @@ def _saelens_pre6(lens:dict) -> dict:
     "The settings of a file written before SAELens 6, in 6's terms (as SAELens' `handle_pre_6_0_config`)."
     lens = {'activation_fn': lens.get('activation_fn_str', 'relu'), **lens}
     lens.setdefault('architecture', 'standard')
+    if 'hook_point' in lens: lens.setdefault('hook_name', lens['hook_point'])
     if lens['activation_fn'] == 'topk' and (lens.get('activation_fn_kwargs') or {}).get('k') is not None:
         lens.update(architecture='topk', k=lens['activation_fn_kwargs']['k'])
     norm = lens.get('normalize_activations')
@@ -101,6 +103,11 @@ def _check_saelens_fields(lens:dict, source, ignore_fields) -> None:
     if act not in ('relu', 'topk'): _refuse(source, f"activation_fn {act!r} is not one sae_nb has", "Use SAELens to run it")
     if isinstance(lens.get('k'), float) and not float(lens['k']).is_integer() and arch == 'topk':
         _refuse(source, f"k={lens['k']} is not a whole number of latents", "Give a TopK SAE an integer k")
+    if arch in ('batchtopk', 'matryoshka_batchtopk') and 'rescale_acts_by_decoder_norm' not in lens:
+        _refuse(source, f"a {arch} training checkpoint without rescale_acts_by_decoder_norm, so the file does not say "
+                "whether its threshold applies to the pre-activations times the decoder norms (SAELens' training default "
+                "today) or to the pre-activations alone", "Add \"rescale_acts_by_decoder_norm\": true or false to cfg.json, "
+                "as the SAE was trained")
     norm = lens.get('normalize_activations', 'none')
     if norm in ('layer_norm', 'constant_norm_rescale'):
         _refuse(source, f"normalize_activations={norm!r} normalises each token by its own statistics, which sae_nb does not do",
@@ -110,19 +117,25 @@ def _check_saelens_fields(lens:dict, source, ignore_fields) -> None:
 @torch.no_grad()
 def _saelens_tensors(lens:dict, t:dict, folder:Path, source) -> dict:
     "SAELens weights as ours: each setting folded in (see the table above)."
-    t = {n: v.double() for n, v in t.items()}  # fold in float64, read back as float32
+    dtype = getattr(torch, str(lens.get('dtype', 'float32')).replace('torch.', ''), None)
+    if not isinstance(dtype, torch.dtype): _refuse(source, f"dtype={lens.get('dtype')!r} is not a torch dtype", "Fix cfg.json")
+    t = {n: v.to(dtype).double() for n, v in t.items()}  # the weights SAELens runs (in the cfg's dtype); folded in float64
     arch = lens['architecture']
     if arch == 'gated':  # gate: x·W + b_gate > 0  ⇔  magnitude x·W·e^r + b_mag > b_mag − e^r·b_gate
         mag = t.pop('r_mag').exp()
         t['W_enc'], gate = t['W_enc'] * mag, t.pop('b_gate')
         t['b_enc'] = t.pop('b_mag')
         t['threshold'] = t['b_enc'] - mag * gate
-    if lens.get('finetuning_scaling_factor') and 'scaling_factor' in t:  # pre-6: latents × s before decoding
-        t['W_dec'] = t['W_dec'] * t.pop('scaling_factor')[:, None]
+    if 'scaling_factor' in t:  # pre-6: latents × s before decoding; SAELens drops an all-ones one saved by mistake
+        s = t.pop('scaling_factor')
+        if lens.get('finetuning_scaling_factor'): t['W_dec'] = t['W_dec'] * s[:, None]
+        elif not torch.allclose(s, torch.ones_like(s)): _refuse(source, "the weights hold a scaling_factor that is not all ones, but "
+                                            "finetuning_scaling_factor is false", "Set finetuning_scaling_factor in cfg.json to "
+                                            "what the SAE was trained with (SAELens refuses this file too)")
     if not lens.get('apply_b_dec_to_input', True):  # x·W + b  =  (x − b_dec)·W + (b + b_dec·W)
         shift = t['b_dec'] @ t['W_enc']
         t['b_enc'] = t['b_enc'] + shift  # the pre-activations are unchanged, so a threshold stays as it is
-    if lens.get('rescale_acts_by_decoder_norm'):  # pre·n picks the latents, which are divided by n before decoding
+    if lens.get('rescale_acts_by_decoder_norm') and arch in _RESCALING:  # pre·n picks the latents, divided by n to decode
         n = t['W_dec'].norm(dim=-1)
         t['W_enc'], t['b_enc'], t['W_dec'] = t['W_enc'] * n, t['b_enc'] * n, t['W_dec'] / n[:, None]
     t = _saelens_normalisation(lens.get('normalize_activations', 'none'), t, folder, source)
@@ -137,7 +150,7 @@ def _saelens_normalisation(norm:str, t:dict, folder:Path, source) -> dict:
                 "beside it, so the weights expect inputs transformed in a way this folder does not record",
                 "Fold it in SAELens (sae.fold_activation_norm_scaling_factor) and save again, or copy the "
                 "checkpoint's activation_scaler.json here")
-    factor = json.loads(scaler.read_text()).get('scaling_factor')
+    factor = _read_json(scaler).get('scaling_factor')
     if norm == 'covariance_whitening':  # z = (x·s − μ)·M ;  x̂ = (ẑ·M⁻¹ + μ) / s
         white = folder/'activation_whitening.safetensors'
         if not white.is_file(): _refuse(source, f"normalize_activations='covariance_whitening', but {white.name} is missing",
@@ -203,7 +216,7 @@ def save_saelens(self:SparseAutoencoder, path:str|Path, # a folder; created if n
     meta.update({n: v for n, v in (('model_name', model_name), ('hook_name', hook_name)) if v})
     cfg = dict(architecture=_TO_SAELENS[c.activation], d_in=c.input_dim, d_sae=c.latent_dim, dtype='float32', device='cpu',
                apply_b_dec_to_input=True, normalize_activations='none',
-               reshape_activations='hook_z' if meta.get('hook_name', '').endswith('hook_z') else 'none',
+               reshape_activations='hook_z' if (meta.get('hook_name') or '').endswith('hook_z') else 'none',
                metadata=meta, sae_nb_config=sae.cfg.to_dict())
     if c.activation == 'topk': cfg.update(k=c.k, rescale_acts_by_decoder_norm=False)
     with atomic_path(path/'sae_weights.safetensors') as tmp: save_file(tensors, str(tmp))
@@ -265,7 +278,8 @@ def save_sparsify(self:SparseAutoencoder, path:str|Path, # the SAE's folder (or,
     path = Path(path)/hookpoint if hookpoint else Path(path)
     tensors = {'encoder.weight': sae.W_enc.detach().T.float().cpu().contiguous(), 'encoder.bias': sae.b_enc.detach().float().cpu(),
                'W_dec': sae.W_dec.detach().float().cpu().contiguous(), 'b_dec': sae.b_dec.detach().float().cpu()}
-    cfg = dict(activation='topk', expansion_factor=max(1, c.latent_dim // c.input_dim), normalize_decoder=True,
+    unit = bool(torch.allclose(tensors['W_dec'].norm(dim=-1), torch.ones(c.latent_dim), atol=1e-4))
+    cfg = dict(activation='topk', expansion_factor=max(1, c.latent_dim // c.input_dim), normalize_decoder=unit,
                num_latents=c.latent_dim, k=c.k, multi_topk=False, skip_connection=False, transcode=False, d_in=c.input_dim)
     with atomic_path(path/'sae.safetensors') as tmp: save_file(tensors, str(tmp))
     atomic_write_text(path/'cfg.json', json.dumps(cfg))
@@ -284,8 +298,8 @@ def _seed_settings(config:dict) -> tuple:
         mine = SEED_NAMES.get(name, name)
         if mine in ours: settings[mine] = value
         elif name != 'd_sae': unused.append(name)
-    if 'activation' not in settings:
-        settings['activation'] = 'topk' if 'k' in settings and not settings.get('l1_penalty_coeff') else 'relu'
+    if 'activation' not in settings and 'l1_penalty_coeff' in settings: settings['activation'] = 'relu'
+    elif 'activation' not in settings and 'k' in settings: settings['activation'] = 'topk'
     return settings, unused
 
 # %% ../nbs/02b_formats.ipynb #c227b323
@@ -294,7 +308,10 @@ def _from_state(state:dict, config:dict, source) -> SparseAutoencoder:
     core = ('W_enc', 'b_enc', 'W_dec', 'b_dec')
     if any(n not in tensors for n in core):
         raise CheckpointError(f"{source} is not an SAE checkpoint: it needs the tensors {', '.join(core)}; found {sorted(tensors)}.")
-    settings, unused = _seed_settings(config)
+    settings, unused = _seed_settings(config if isinstance(config, dict) else {})
+    if 'activation' not in settings:
+        raise CheckpointError(f"{source}: its config names no activation, k or L1 coefficient, so sae_nb cannot tell how "
+                              f"its latents are made. Add 'activation' (relu, topk, batchtopk, jumprelu) to its config.")
     if 'probe.weight' in tensors: settings['probe_classes'] = tensors['probe.weight'].shape[0]
     threshold = tensors.pop('threshold', None)
     if threshold is not None and threshold.dim() == 1: tensors['log_threshold'] = threshold.clamp(min=1e-30).log()
@@ -360,6 +377,9 @@ def save_trainer_checkpoint(trainer, # an `SAETrainer` (05_trainer): its SAE, op
 def detect_format(path:str|Path) -> str:
     "Which layout `path` holds: 'native', 'saelens', 'sparsify', 'checkpoint dict', 'trainer checkpoint' or 'folders'."
     path = Path(path)
+    if path.is_file() and path.suffix == '.safetensors':
+        raise CheckpointError(f"{path} is one file of an SAE's folder: pass the folder ({path.parent}), whose cfg.json "
+                              f"says how to read the weights.")
     if path.is_file():
         ckpt = _safe_torch_load(path)
         if isinstance(ckpt, dict) and 'model_state' in ckpt: return 'trainer checkpoint'
@@ -405,12 +425,16 @@ def from_pretrained(cls:SparseAutoencoder, path_or_repo:str|Path, # a folder, a 
         if str(path_or_repo).count('/') != 1 or str(path_or_repo).startswith(('.', '/')):
             raise FileNotFoundError(f"No file or folder at {path_or_repo}, and it is not a Hugging Face repo id (owner/name).")
         path = _hub_snapshot(str(path_or_repo), hookpoint)
+    if path.is_file() and path.suffix == '.safetensors': path = path.parent  # its folder says how to read it
     if hookpoint is not None and path.is_dir() and (path/hookpoint).is_dir(): path = path/hookpoint
     kind = detect_format(path)
-    if kind in ('folders', 'unknown'):
-        names = ', '.join(p.name for p in sorted(path.iterdir()) if p.is_dir() and (p/'cfg.json').is_file())
-        if kind == 'unknown': raise CheckpointError(f"{path/'cfg.json'} is in no layout sae_nb knows (native, SAELens, sparsify).")
-        raise CheckpointError(f"{path} holds several SAEs ({names}): pass hookpoint= one of them.")
+    if kind == 'unknown': raise CheckpointError(f"{path/'cfg.json'} is in no layout sae_nb knows (native, SAELens, sparsify).")
+    if kind == 'folders':
+        found = [p for p in sorted(path.iterdir()) if p.is_dir() and (p/'cfg.json').is_file()]
+        if len(found) > 1:
+            raise CheckpointError(f"{path} holds several SAEs ({', '.join(p.name for p in found)}): pass hookpoint= one of them.")
+        path, kind = found[0], detect_format(found[0])  # e.g. sae_train's output folder, with the SAE in sae/
+        if kind not in _READERS: raise CheckpointError(f"{path} holds no SAE that sae_nb can read directly; give the folder of one SAE.")
     kw = {'ignore_fields': ignore_fields} if kind in ('saelens', 'sparsify') else {}
     sae = _READERS[kind](path, kw)
     return sae.eval().to(pick_device(device or sae.cfg.device))

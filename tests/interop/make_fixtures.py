@@ -187,6 +187,31 @@ def saelens_cases(c: Cases):
             'activation_fn_kwargs': {'k': K}, 'apply_b_dec_to_input': True, 'normalize_activations': False,
             'context_size': 128, 'prepend_bos': True, 'dataset_path': 'Skylion007/openwebtext', 'finetuning_scaling_factor': False}))
     c.write('saelens_pre6_topk', 'saelens', 'topk, a cfg.json from before SAELens 6', 'saelens → sae_nb', pre6, by_saelens)
+    def pre6_ones(case):  # SAELens once saved an all-ones scaling_factor with every SAE; it drops it on loading
+        sae = inference('standard', 61)
+        save_file({**{k: v.detach().contiguous() for k, v in sae.state_dict().items()}, 'scaling_factor': torch.ones(F)},
+                  str(case/'sae'/'sae_weights.safetensors'))
+        (case/'sae'/'cfg.json').write_text(json.dumps({'d_in': D, 'd_sae': F, 'dtype': 'float32', 'model_name': 'gpt2',
+                                                       'hook_point': 'blocks.3.hook_resid_post', 'activation_fn_str': 'relu',
+                                                       'finetuning_scaling_factor': False}))
+    c.write('saelens_pre6_scaling_factor_ones', 'saelens', 'standard, before SAELens 6, an all-ones scaling_factor',
+            'saelens → sae_nb', pre6_ones, by_saelens)
+
+    # Fields SAELens reads only for some architectures, and a checkpoint that leaves out one whose default changed.
+    def jumprelu_with_rescale(case):
+        inference('jumprelu', 62).save_model(case/'sae')
+        cfg = json.loads((case/'sae'/'cfg.json').read_text())
+        (case/'sae'/'cfg.json').write_text(json.dumps({**cfg, 'rescale_acts_by_decoder_norm': True}))
+    c.write('saelens_jumprelu_rescale_ignored', 'saelens', 'jumprelu, rescale_acts_by_decoder_norm=True in its cfg.json',
+            'saelens → sae_nb', jumprelu_with_rescale, by_saelens, note='SAELens reads that field for TopK and BatchTopK only')
+    def batchtopk_without_rescale(case):
+        cls, cfg_cls = SAE_TRAINING_CLASS_REGISTRY['batchtopk']
+        sae = cls(cfg_cls(d_in=D, d_sae=F, k=K)); _randomise(sae, 63)
+        sae.save_model(case/'sae')
+        cfg = json.loads((case/'sae'/'cfg.json').read_text()); cfg.pop('rescale_acts_by_decoder_norm')
+        (case/'sae'/'cfg.json').write_text(json.dumps(cfg))
+    c.write('saelens_batchtopk_training_no_rescale_field', 'saelens', 'batchtopk training checkpoint without '
+            'rescale_acts_by_decoder_norm', 'saelens → sae_nb', batchtopk_without_rescale, refuse='rescale_acts_by_decoder_norm')
 
 
 # ---------------------------------------------------------------- sae_nb → SAELens
