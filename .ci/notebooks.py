@@ -3,7 +3,7 @@
 Every figure a notebook shows (in printed text, returned values and markdown tables) must be what the current code
 gives: each number is compared with the committed one, within the last digit printed (and a relative 1e-6 for
 float noise). A number printed with a unit of time or speed (`0.4s`, `106 ms`, `38,483 tokens/s`, `2.5x`) is a
-timing and only counted; cells whose other figures vary from run to run (a table of timings) say so with a comment
+timing and only counted, as is one after a timing key (`'seconds': 3.7`); cells whose other figures vary from run to run (a table of timings) say so with a comment
 line starting `# output varies`, and only their shape is checked: the same count of numbers. Images and stderr (progress bars)
 are not compared. Outputs are regenerated with `bash .ci/nb NAME` (the same single-threaded settings as here).
 
@@ -33,9 +33,12 @@ def _text(outputs:list) -> str:
     return '\n'.join(parts)
 
 
+TIMING_KEY = re.compile(r'(?:seconds|secs|_s|per_s|time|ms_per_step)[\'"]?\s*[:=|]\s*$')  # `'seconds': 3.7`, `| time_s | 9.2`
+
 def _numbers(text:str) -> list:
-    "Each number in `text`, and whether it is a timing (a unit of time or speed follows it)."
-    return [(m.group(0), bool(TIMING.match(text, m.end()))) for m in NUMBER.finditer(text)]
+    "Each number in `text`, and whether it is a timing (a unit of time or speed follows it, or a timing key precedes it)."
+    return [(m.group(0), bool(TIMING.match(text, m.end()) or TIMING_KEY.search(text, max(0, m.start() - 40), m.start())))
+            for m in NUMBER.finditer(text)]
 
 
 def _value(s:str) -> float: return float(s.replace(',', ''))

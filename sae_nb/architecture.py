@@ -17,8 +17,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .config import SAEConfig, ConfigError, TOPK_STYLE, atomic_path, atomic_write_text, pick_device
-from .losses import (batch_variance, normalized_mse, l1_penalty, decorrelation_loss, auxk_loss, auxk_residual_loss,
-                           ghost_grads_loss, probe_loss, temporal_smoothness_loss)
+from .losses import (batch_variance, normalized_mse, l1_penalty, decorrelation_loss, auxk_loss,
+                           auxk_residual_loss, ghost_grads_loss, probe_loss, temporal_smoothness_loss)
 from .kernels import sparse_topk_encode, topk_select, encode_at, triton_decode, fast_sparse_decode
 
 # %% auto #0
@@ -33,15 +33,15 @@ class Encoded(NamedTuple):
     h: Optional[torch.Tensor] # [batch, latent_dim] latents, zero where inactive (None: build from the top-k on demand)
     top_vals: Optional[torch.Tensor] = None # [batch, k] values of the active latents (top-k style only)
     top_idx: Optional[torch.Tensor] = None # [batch, k] their indices
-    groups: Optional[tuple] = None # the sparse paths: `kernels.group_by_latent(top_idx)`, shared by both backward passes
+    groups: Optional[tuple] = None # sparse paths: `kernels.group_by_latent(top_idx)`, shared by both backward passes
 
 @dataclass(frozen=True)
 class Activation:
     "A registry entry: how one SAE variant turns pre-activations into latents."
     encode: Callable # (sae, pre [batch, latent_dim]) -> Encoded
     setup: Optional[Callable] = None # (sae) -> None: add the variant's own parameters or buffers
-    sparsity: Optional[Callable] = None # (sae, pre, h, sigma) -> scalar sparsity penalty, or None if sparsity is structural
-    encode_sparse: Optional[Callable] = None # (sae, x) -> Encoded without dense pre-activations, for `cfg.kernels` sparse/triton
+    sparsity: Optional[Callable] = None # (sae, pre, h, sigma) -> scalar penalty, or None if sparsity is structural
+    encode_sparse: Optional[Callable] = None # (sae, x) -> Encoded with no dense pre-activations (kernels sparse/triton)
 
 ACTIVATION_REGISTRY: dict[str, Activation] = {}
 
@@ -59,7 +59,8 @@ class SAEOutput:
                  top_vals:Optional[torch.Tensor]=None, # [batch, k] top-k style: active values
                  top_idx:Optional[torch.Tensor]=None, # [batch, k] top-k style: active indices
                  latent_dim:Optional[int]=None): # needed when `h` is None
-        self.x_hat, self._h, self.pre_acts, self.top_vals, self.top_idx, self._latent_dim = x_hat, h, pre_acts, top_vals, top_idx, latent_dim
+        self.x_hat, self._h, self.pre_acts = x_hat, h, pre_acts
+        self.top_vals, self.top_idx, self._latent_dim = top_vals, top_idx, latent_dim
 
     @property
     def h(self) -> torch.Tensor:
@@ -90,7 +91,8 @@ class SparseAutoencoder(nn.Module):
         if self.probe is not None:  # drawn from the seeded generator too, so a run repeats exactly
             with torch.no_grad():
                 for p in self.probe.parameters(): p.uniform_(-Fl ** -0.5, Fl ** -0.5, generator=g)
-        self.register_buffer('input_scale', torch.tensor(1.0))  # inputs are multiplied by this (see "Normalised inputs")
+        # inputs are multiplied by this (see "Normalised inputs")
+        self.register_buffer('input_scale', torch.tensor(1.0))
         self._scale = 1.0  # the same as a Python float: read on every call without a device sync
         self.register_load_state_dict_post_hook(lambda module, keys: module._sync_scale())
         self.activation = ACTIVATION_REGISTRY[config.activation]
@@ -130,7 +132,8 @@ def encode_full(self:SparseAutoencoder, x:torch.Tensor # [batch, input_dim]
     "Pre-activations `[batch, latent_dim]` (None on the sparse paths) and `Encoded` latents of `x`."
     _check_width(self, x)
     x = self.scale_input(x)
-    if self.activation.encode_sparse and self.cfg.kernels != 'autograd': return None, self.activation.encode_sparse(self, x)
+    if self.activation.encode_sparse and self.cfg.kernels != 'autograd':
+        return None, self.activation.encode_sparse(self, x)
     pre = _pre_acts(self, x)
     return pre, self.activation.encode(self, pre)
 
@@ -164,11 +167,13 @@ def dense_decode(top_vals, top_idx, W_dec):
 @patch
 def forward(self:SparseAutoencoder, x:torch.Tensor # [batch, input_dim]
            ) -> SAEOutput:
-    "Encode and decode `x`; sparse decoding for top-k when `cfg.sparse_decode` (by Triton kernels when `cfg.kernels='triton'`)."
+    "Encode and decode `x`; top-k decodes sparsely when `cfg.sparse_decode` (by Triton when `cfg.kernels='triton'`)."
     pre, enc = self.encode_full(x)
     if enc.top_idx is not None and (self.cfg.sparse_decode or enc.h is None):
         if self.cfg.kernels == 'autograd': x_hat = sparse_decode(enc.top_vals, enc.top_idx, self.W_dec)
-        else: x_hat = (triton_decode if self.cfg.kernels == 'triton' else fast_sparse_decode)(enc.top_vals, enc.top_idx, self.W_dec, enc.groups)
+        else:
+            decode_fn = triton_decode if self.cfg.kernels == 'triton' else fast_sparse_decode
+            x_hat = decode_fn(enc.top_vals, enc.top_idx, self.W_dec, enc.groups)
         x_hat = self.unscale_output(x_hat + self.b_dec)
     else: x_hat = self.decode(enc.h)
     return SAEOutput(x_hat, enc.h, pre, enc.top_vals, enc.top_idx, self.cfg.latent_dim)
@@ -189,7 +194,8 @@ def scatter_latents(vals, idx, latent_dim):
 
 def topk_encode_sparse(sae, x):
     "The top-k latents of `x` with the sparse encoder backward of `02a_kernels`; no dense latents."
-    vals, idx, groups = sparse_topk_encode(x, sae.W_enc, sae.b_enc, sae.b_dec, sae.cfg.k, use_triton=sae.cfg.kernels == 'triton')
+    vals, idx, groups = sparse_topk_encode(x, sae.W_enc, sae.b_enc, sae.b_dec, sae.cfg.k,
+                                           use_triton=sae.cfg.kernels == 'triton')
     return Encoded(None, vals, idx, groups)
 
 @register_activation('topk', encode_sparse=topk_encode_sparse)
@@ -200,7 +206,7 @@ def topk_encode(sae, pre):
 
 # %% ../nbs/02_architecture.ipynb #49ecb55a
 def dense_twin(sae:SparseAutoencoder) -> SparseAutoencoder:
-    "A shallow copy of `sae` sharing its parameters but encoding and decoding densely, through autograd (the reference for the sparse paths)."
+    "A shallow copy of `sae` sharing its parameters but dense, through autograd: the reference for the sparse paths."
     twin = copy.copy(sae)
     twin.cfg = replace(sae.cfg, sparse_decode=False, kernels='autograd')
     return twin
@@ -286,7 +292,8 @@ def init_b_dec(self:SparseAutoencoder, x:torch.Tensor # [n, input_dim] a sample 
     "Set the decoder bias from a data sample, as `cfg.b_dec_init` says."
     _check_width(self, x)
     x, how = self.scale_input(x), self.cfg.b_dec_init
-    centre = geometric_median(x.float()) if how == 'geometric_median' else x.float().mean(0) if how == 'mean' else torch.zeros(x.shape[-1])
+    centre = (geometric_median(x.float()) if how == 'geometric_median' else x.float().mean(0) if how == 'mean'
+              else torch.zeros(x.shape[-1]))
     self.b_dec.copy_(centre.to(self.b_dec))
     return self
 
@@ -343,8 +350,9 @@ def loss_terms(self:SparseAutoencoder, x, x_hat, h, # [batch, input_dim], [batch
                *, pre_acts=None, # [batch, latent_dim]: needed by jumprelu, AuxK and ghost grads
                dead_mask=None, # [latent_dim] bool: dead latents, for AuxK and ghost grads
                labels=None, # [batch] class per token (-1: none), for the probe loss
-               sequence_ids=None, positions=None, # [batch] each: text and position of each token, for temporal smoothness
-               variance=None, # σ², the unit of every term (default: `batch_variance(x)`; data-parallel: the global batch's)
+               sequence_ids=None, # [batch] the text of each token, for temporal smoothness
+               positions=None, # [batch] the position of each token in its text, for temporal smoothness
+               variance=None, # σ², the unit of every term (default: `batch_variance(x)`; data-parallel: the global one)
               ) -> dict:
     "The active loss terms as `{name: (weight, scalar tensor)}`, each on the scale of the batch's variance."
     c, terms = self.cfg, {}
@@ -358,11 +366,14 @@ def loss_terms(self:SparseAutoencoder, x, x_hat, h, # [batch, input_dim], [batch
         terms['probe_loss'] = (c.probe_loss_coeff, probe_loss(h, labels, self.probe))
     if c.temporal_smoothness_coeff:
         fix = 'train from a source (04_data), which gives them'
-        seq, pos = (_need(t, 'a text id and a position', 'temporal_smoothness_coeff > 0', fix) for t in (sequence_ids, positions))
+        seq, pos = (_need(t, 'a text id and a position', 'temporal_smoothness_coeff > 0', fix)
+                    for t in (sequence_ids, positions))
         terms['temporal_loss'] = (c.temporal_smoothness_coeff, temporal_smoothness_loss(h, seq, pos) / var)
     if dead_mask is not None and c.activation in TOPK_STYLE and c.auxk_coeff:
-        if pre_acts is not None: terms['auxk_loss'] = (c.auxk_coeff, auxk_loss(x, x_hat, pre_acts, dead_mask, self.W_dec, c.aux_k))
-        elif self.activation.encode_sparse: terms['auxk_loss'] = (c.auxk_coeff, sparse_auxk_loss(self, x, x_hat, dead_mask))
+        if pre_acts is not None:
+            terms['auxk_loss'] = (c.auxk_coeff, auxk_loss(x, x_hat, pre_acts, dead_mask, self.W_dec, c.aux_k))
+        elif self.activation.encode_sparse:
+            terms['auxk_loss'] = (c.auxk_coeff, sparse_auxk_loss(self, x, x_hat, dead_mask))
     if dead_mask is not None and pre_acts is not None:
         if c.activation == 'relu' and c.use_ghost_grads:
             terms['ghost_loss'] = (1.0, ghost_grads_loss(x, x_hat, pre_acts, dead_mask, self.W_dec))
@@ -420,7 +431,8 @@ def _read_safetensors(path:Path) -> dict:
                               f"Re-save the SAE or restore the file.") from None
 
 def _load_state(sae, tensors:dict, source):
-    want, tensors = sae.state_dict(), {'input_scale': torch.tensor(1.0), **tensors}  # saved before inputs could be scaled
+    # files saved before inputs could be scaled have no input_scale
+    want, tensors = sae.state_dict(), {'input_scale': torch.tensor(1.0), **tensors}
     missing, extra = sorted(set(want) - set(tensors)), sorted(set(tensors) - set(want))
     if missing or extra:
         raise CheckpointError(f"{source} does not match its config ({sae.cfg.activation}, {sae.cfg.input_dim} → "
@@ -447,7 +459,8 @@ def save(self:SparseAutoencoder, path:str|Path # a folder; created if needed
         ) -> Path:
     "Write `cfg.json` and `sae.safetensors` into the folder `path`."
     path = Path(path)
-    if path.exists() and not path.is_dir(): raise NotADirectoryError(f"Cannot save the SAE into {path}: it is a file. Give a folder.")
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"Cannot save the SAE into {path}: it is a file. Give a folder.")
     with atomic_path(path/'sae.safetensors') as tmp:
         save_file({k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}, str(tmp))
     self.cfg.save(path/'cfg.json')

@@ -35,7 +35,8 @@ class Timing:
     def median(self) -> float: return statistics.median(self.times)
     @property
     def best(self) -> float: return min(self.times)
-    def __repr__(self): return f"Timing(median={self.median * 1e3:.3g} ms, best={self.best * 1e3:.3g} ms, n={len(self.times)})"
+    def __repr__(self):
+        return f"Timing(median={self.median * 1e3:.3g} ms, best={self.best * 1e3:.3g} ms, n={len(self.times)})"
 
 def _sync(device):
     if torch.device(device).type == 'cuda': torch.cuda.synchronize(device)
@@ -80,13 +81,15 @@ def speed_table(configs:dict, # label -> SAEConfig
     rows = Table()
     for label, cfg in configs.items():
         r = benchmark_training(cfg, steps, device)
-        row = {'configuration': label, 'latents': cfg.latent_dim, 'tokens/s': r['tokens_per_s'], 'ms/step': r['step_ms'], 'peak MB': r['peak_mb']}
+        row = {'configuration': label, 'latents': cfg.latent_dim, 'tokens/s': r['tokens_per_s'],
+               'ms/step': r['step_ms'], 'peak MB': r['peak_mb']}
         if gflops: row['of FLOP limit'] = r['tokens_per_s'] / flop_limit(cfg, gflops)
         rows.append(row)
     return rows
 
 # %% ../nbs/08_benchmarks.ipynb #18a057e9
-def plot_speed(rows:Table, x:str='latents', y:str='tokens/s', by:Callable=lambda r: r['configuration'].split(' @')[0], ax=None):
+def plot_speed(rows:Table, x:str='latents', y:str='tokens/s', by:Callable=lambda r: r['configuration'].split(' @')[0],
+               ax=None):
     "Tokens/s (or another column) against latent count, one line per group of rows."
     ax = ax or plt.subplots(figsize=(6, 3.5))[1]
     groups = {}

@@ -52,7 +52,7 @@ def atomic_write_text(path:str|Path, text:str):
 class ConfigError(ValueError):
     "A setting is missing, of the wrong type or out of its allowed range."
 
-ACTIVATIONS = ('relu', 'topk', 'batchtopk', 'jumprelu') # names of the SAE activations; each is a section of 02_architecture
+ACTIVATIONS = ('relu', 'topk', 'batchtopk', 'jumprelu') # the SAE activations; each is a section of 02_architecture
 TOPK_STYLE = ('topk', 'batchtopk') # activations that keep k latents per token
 
 # %% ../nbs/01_config.ipynb #c83ad259
@@ -77,17 +77,24 @@ class SAEConfig:
     jumprelu_threshold:float = setting(0.001, "jumprelu: initial threshold of every latent")
     jumprelu_bandwidth:float = setting(0.001, "jumprelu: kernel width of the straight-through estimator")
     b_dec_init:str = setting('geometric_median', "decoder bias from a data sample: geometric_median, mean or zeros")
-    sparse_decode:bool = setting(True, "topk with kernels=autograd: decode by gathering the k active atoms instead of a dense product (the sparse kernels always gather)")
-    kernels:str = setting('sparse', "topk: autograd (dense reference), sparse (backward touches only the k active latents) or triton (sparse, Triton kernels)")
-    probe_classes:int = setting(0, "classes of the linear probe on the latents, trained from the texts' labels (0: no probe)")
-    normalize_activations:str = setting('none', "none, or expected_average_only_in: scale inputs to a mean squared norm of input_dim (estimated once, saved, folded on export)")
+    sparse_decode:bool = setting(True, "topk with kernels=autograd: decode by gathering the k active atoms instead of "
+                                 "a dense product (the sparse kernels always gather)")
+    kernels:str = setting('sparse', "topk: autograd (dense reference), sparse (backward touches only the k active "
+                          "latents) or triton (sparse, Triton kernels)")
+    probe_classes:int = setting(0, "classes of the linear probe on the latents, trained from the texts' "
+                                "labels (0: no probe)")
+    normalize_activations:str = setting('none', "none, or expected_average_only_in: scale inputs to a mean squared "
+                                        "norm of input_dim (estimated once, saved, folded on export)")
     # loss weights
     reconstruction_coeff:float = setting(1.0, "weight of the reconstruction (MSE) loss")
     l1_penalty_coeff:float = setting(0.0, "weight of the sparsity penalty: L1 for relu, the L0 estimate for jumprelu")
-    l1_weight_by_decoder_norm:bool = setting(True, "scale each latent's L1 by its decoder norm, so shrinking the encoder cannot game it")
-    decorrelation_coeff:float = setting(0.0, "weight of the decoder decorrelation loss, sum of squared cosines between atoms")
+    l1_weight_by_decoder_norm:bool = setting(True, "scale each latent's L1 by its decoder norm, so shrinking the "
+                                             "encoder cannot game it")
+    decorrelation_coeff:float = setting(0.0, "weight of the decoder decorrelation loss, sum of squared "
+                                        "cosines between atoms")
     probe_loss_coeff:float = setting(0.0, "weight of the probe's cross-entropy (needs probe_classes ≥ 2)")
-    temporal_smoothness_coeff:float = setting(0.0, "weight of the penalty on latents changing between adjacent tokens (needs run_length ≥ 2)")
+    temporal_smoothness_coeff:float = setting(0.0, "weight of the penalty on latents changing between adjacent tokens "
+                                              "(needs run_length ≥ 2)")
     auxk_coeff:float = setting(1/32, "topk: weight of the AuxK loss that revives dead latents (Gao et al. 2024, §A.2)")
     k_aux:Optional[int] = setting(None, "dead latents AuxK may use per token (None: input_dim // 2)")
     # optimisation
@@ -105,19 +112,24 @@ class SAEConfig:
     # dead features
     dead_feature_window:int = setting(1_000_000, "a latent that has not fired in this many tokens is dead")
     use_ghost_grads:bool = setting(False, "relu: ghost gradients for dead latents (Jermyn & Templeton 2024)")
-    resample_dead_every:int = setting(0, "steps between re-initialising dead latents towards poorly reconstructed inputs (0: never)")
+    resample_dead_every:int = setting(0, "steps between re-initialising dead latents towards poorly "
+                                      "reconstructed inputs (0: never)")
     normalize_decoder_every:int = setting(1, "steps between rescaling the decoder atoms to unit norm")
     # streaming
     text_batch_size:int = setting(32, "texts per forward pass of the model when capturing or streaming")
-    run_length:int = setting(1, "consecutive tokens of one text that the shuffle keeps together in a batch (≥ 2 for temporal smoothness)")
+    run_length:int = setting(1, "consecutive tokens of one text that the shuffle keeps together in a batch (≥ 2 for "
+                             "temporal smoothness)")
     # evaluation and logging
     log_every:int = setting(50, "steps between logged metrics")
     checkpoint_every:int = setting(1000, "steps between checkpoints (0: only at the end)")
     eval_every:int = setting(500, "steps between evaluations (0: never)")
-    eval_tokens:int = setting(8192, "tokens of whole texts, picked at random, held out of training to evaluate on (0: none)")
-    early_stopping_patience:Optional[int] = setting(None, "stop after this many evaluations with no improvement (None: never)")
+    eval_tokens:int = setting(8192, "tokens of whole texts, picked at random, held out of training to evaluate "
+                              "on (0: none)")
+    early_stopping_patience:Optional[int] = setting(None, "stop after this many evaluations with no "
+                                                    "improvement (None: never)")
     wandb_project:Optional[str] = setting(None, "log to this Weights & Biases project (None: no wandb)")
-    wandb_mode:str = setting('offline', "offline, online or disabled; online only when asked for (WANDB_MODE in the environment comes first)")
+    wandb_mode:str = setting('offline', "offline, online or disabled; online only when asked for (WANDB_MODE in the "
+                             "environment comes first)")
     checkpoint_dir:str = setting('checkpoints', "folder for checkpoints")
     keep_checkpoints:int = setting(3, "how many of the newest checkpoints to keep; older ones are deleted")
 
@@ -147,7 +159,8 @@ def _check_types(cfg):
     for f in fields(cfg):
         v = getattr(cfg, f.name)
         if not _type_ok(v, hints[f.name]):
-            raise ConfigError(f"SAEConfig.{f.name}={v!r} has type {type(v).__name__}; it must be of type {_anno_name(hints[f.name])}.")
+            raise ConfigError(f"SAEConfig.{f.name}={v!r} has type {type(v).__name__}; it must be of type "
+                              f"{_anno_name(hints[f.name])}.")
 
 # %% ../nbs/01_config.ipynb #177d70a8
 def _need(ok:bool, cfg, name:str, rule:str):
@@ -177,7 +190,8 @@ def _validate(cfg):
     _one_of(cfg, 'normalize_activations', ('none', 'expected_average_only_in'))
     _need(cfg.run_length >= 1, cfg, 'run_length', "it must be at least 1")
     _need(cfg.temporal_smoothness_coeff == 0 or cfg.run_length >= 2, cfg, 'run_length',
-          "temporal smoothness (temporal_smoothness_coeff > 0) needs batches with adjacent tokens: set run_length ≥ 2, e.g. 16")
+          "temporal smoothness (temporal_smoothness_coeff > 0) needs batches with adjacent tokens: set "
+          "run_length ≥ 2, e.g. 16")
     for name in ('k_aux', 'max_steps', 'early_stopping_patience'):
         _need(getattr(cfg, name) is None or getattr(cfg, name) >= 1, cfg, name, "it must be None or at least 1")
     for name in ('batch_size', 'max_epochs', 'dead_feature_window', 'text_batch_size', 'log_every',
@@ -207,7 +221,8 @@ def pick_device(name:str='auto') -> torch.device: # auto, cpu, cuda, cuda:N or m
     if dev.type == 'cuda':
         if not torch.cuda.is_available():
             raise ConfigError(f"device={name!r} was asked for, but this machine has no usable CUDA GPU "
-                              f"(torch {torch.__version__}, CUDA build: {torch.version.cuda}). Use device='cpu' or 'auto'.")
+                              f"(torch {torch.__version__}, CUDA build: {torch.version.cuda}). "
+                              "Use device='cpu' or 'auto'.")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise ConfigError(f"device={name!r}: only {torch.cuda.device_count()} CUDA device(s) are present.")
     if dev.type == 'mps' and not torch.backends.mps.is_available():
@@ -216,7 +231,8 @@ def pick_device(name:str='auto') -> torch.device: # auto, cpu, cuda, cuda:N or m
 
 # %% ../nbs/01_config.ipynb #e3f731f6
 def _from_dict(cls, d:dict, source:str='the dict') -> SAEConfig:
-    if not isinstance(d, dict): raise ConfigError(f"{source} must hold a JSON object of settings, not {type(d).__name__}.")
+    if not isinstance(d, dict):
+        raise ConfigError(f"{source} must hold a JSON object of settings, not {type(d).__name__}.")
     names = [f.name for f in fields(cls)]
     unknown = [k for k in d if k not in names]
     if unknown:
@@ -246,7 +262,8 @@ def save(self:SAEConfig, path:str|Path):
 def load(cls:SAEConfig, path:str|Path) -> SAEConfig:
     "Read a config saved with `save`."
     path = Path(path)
-    if not path.is_file(): raise FileNotFoundError(f"No config at {path}: give the path of a cfg.json written by SAEConfig.save.")
+    if not path.is_file():
+        raise FileNotFoundError(f"No config at {path}: give the path of a cfg.json written by SAEConfig.save.")
     try: d = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path} is not valid JSON ({e}). Fix or re-create it with SAEConfig.save.") from None

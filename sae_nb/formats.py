@@ -36,9 +36,11 @@ def _build(activation:str, tensors:dict, source, k:int=32, settings:Optional[dic
     cfg = {n: v for n, v in (settings or {}).items() if n in ours}
     cfg.update(input_dim=d_in, expansion_factor=d_sae / d_in, activation=activation, k=int(k),
                normalize_activations='none')  # any input scale is already folded into the tensors
-    if 'probe.weight' not in tensors: cfg.update(probe_classes=0, probe_loss_coeff=0.0)  # no untrained probe for one not saved
+    if 'probe.weight' not in tensors:  # no untrained probe for one not saved
+        cfg.update(probe_classes=0, probe_loss_coeff=0.0)
     try: sae = SparseAutoencoder(SAEConfig(**cfg), device='cpu')
-    except ConfigError as e: raise CheckpointError(f"{source}: its settings do not make a valid SAEConfig: {e}") from None
+    except ConfigError as e:
+        raise CheckpointError(f"{source}: its settings do not make a valid SAEConfig: {e}") from None
     state = {n: v for n, v in sae.state_dict().items() if n not in tensors}  # what the file cannot hold: a probe
     _load_state(sae, {**state, **{n: v.float() for n, v in tensors.items()}}, source)
     return sae.eval()
@@ -48,19 +50,20 @@ _RESCALING = ('topk', 'batchtopk', 'matryoshka_batchtopk')  # SAELens reads resc
 SAELENS_ARCHITECTURES = {'standard': 'relu', 'topk': 'topk', 'jumprelu': 'jumprelu', 'gated': 'jumprelu',
                          'batchtopk': 'batchtopk', 'matryoshka_batchtopk': 'batchtopk'}
 _SAELENS_ARITHMETIC = {'architecture', 'd_in', 'd_sae', 'dtype', 'apply_b_dec_to_input', 'normalize_activations',
-                       'rescale_acts_by_decoder_norm', 'k', 'activation_fn', 'activation_fn_str', 'activation_fn_kwargs',
-                       'finetuning_scaling_factor', 'sae_nb_config'}
+                       'rescale_acts_by_decoder_norm', 'k', 'activation_fn', 'activation_fn_str',
+                       'activation_fn_kwargs', 'finetuning_scaling_factor', 'sae_nb_config'}
 _SAELENS_NO_EFFECT = {  # placement, hook reshaping, provenance, and settings that only act during training
-    'device', 'reshape_activations', 'metadata', 'model_name', 'hook_name', 'hook_point', 'hook_layer', 'hook_head_index',
-    'hook_point_head_index', 'hook_point_layer', 'hook_name_out', 'hook_head_index_out', 'hf_hook_name', 'hf_hook_name_out',
-    'model_class_name', 'model_from_pretrained_kwargs', 'context_size', 'dataset_path', 'dataset_trust_remote_code',
-    'prepend_bos', 'exclude_special_tokens', 'seqpos_slice', 'neuronpedia_id', 'sae_lens_version',
-    'sae_lens_training_version', 'aux_loss_coefficient', 'decoder_init_norm', 'jumprelu_bandwidth',
-    'jumprelu_init_threshold', 'jumprelu_sparsity_loss_mode', 'jumprelu_ste_to_input', 'jumprelu_tanh_scale',
-    'l0_coefficient', 'l0_warm_up_steps', 'l1_coefficient', 'l1_warm_up_steps', 'lp_norm', 'matryoshka_widths',
-    'pre_act_loss_coefficient', 'target_l0', 'topk_threshold_lr', 'use_matryoshka_aux_loss', 'use_sparse_activations',
-    'normalize_sae_decoder', 'noise_scale', 'mse_loss_normalization', 'decoder_heuristic_init',
-    'init_encoder_as_decoder_transpose', 'scale_sparsity_penalty_by_decoder_norm', 'decoder_orthogonal_init'}
+    'device', 'reshape_activations', 'metadata', 'model_name', 'hook_name', 'hook_point', 'hook_layer',
+    'hook_head_index', 'hook_point_head_index', 'hook_point_layer', 'hook_name_out', 'hook_head_index_out',
+    'hf_hook_name', 'hf_hook_name_out', 'model_class_name', 'model_from_pretrained_kwargs', 'context_size',
+    'dataset_path', 'dataset_trust_remote_code', 'prepend_bos', 'exclude_special_tokens', 'seqpos_slice',
+    'neuronpedia_id', 'sae_lens_version', 'sae_lens_training_version', 'aux_loss_coefficient', 'decoder_init_norm',
+    'jumprelu_bandwidth', 'jumprelu_init_threshold', 'jumprelu_sparsity_loss_mode', 'jumprelu_ste_to_input',
+    'jumprelu_tanh_scale', 'l0_coefficient', 'l0_warm_up_steps', 'l1_coefficient', 'l1_warm_up_steps', 'lp_norm',
+    'matryoshka_widths', 'pre_act_loss_coefficient', 'target_l0', 'topk_threshold_lr', 'use_matryoshka_aux_loss',
+    'use_sparse_activations', 'normalize_sae_decoder', 'noise_scale', 'mse_loss_normalization',
+    'decoder_heuristic_init', 'init_encoder_as_decoder_transpose', 'scale_sparsity_penalty_by_decoder_norm',
+    'decoder_orthogonal_init'}
 _SAELENS_REFUSED = {
     'transcoder': "a transcoder (it maps one hook point to another)", 'skip_transcoder': "a skip-transcoder",
     'jumprelu_transcoder': "a JumpReLU transcoder", 'jumprelu_skip_transcoder': "a JumpReLU skip-transcoder",
@@ -86,31 +89,34 @@ def _saelens_pre6(lens:dict) -> dict:
     if lens['activation_fn'] == 'topk' and (lens.get('activation_fn_kwargs') or {}).get('k') is not None:
         lens.update(architecture='topk', k=lens['activation_fn_kwargs']['k'])
     norm = lens.get('normalize_activations')
-    lens['normalize_activations'] = ('expected_average_only_in' if norm is True else 'none' if norm in (False, None) else norm)
+    lens['normalize_activations'] = ('expected_average_only_in' if norm is True else 'none' if norm in (False, None)
+                                     else norm)
     return lens
 
 # %% ../nbs/02b_formats.ipynb #0ee4cf2f
 def _check_saelens_fields(lens:dict, source, ignore_fields) -> None:
     arch, act = lens.get('architecture', 'standard'), lens.get('activation_fn', 'relu')
-    if arch in _SAELENS_REFUSED: _refuse(source, f"architecture {arch!r} is {_SAELENS_REFUSED[arch]}, which sae_nb does not have",
-                                         "Use SAELens to run it")
+    if arch in _SAELENS_REFUSED: _refuse(source, f"architecture {arch!r} is {_SAELENS_REFUSED[arch]}, "
+                                         "which sae_nb does not have", "Use SAELens to run it")
     if arch not in SAELENS_ARCHITECTURES: _refuse(source, f"unknown architecture {arch!r}",
                                                   f"sae_nb reads {', '.join(SAELENS_ARCHITECTURES)}")
     unknown = sorted(set(lens) - _SAELENS_ARITHMETIC - _SAELENS_NO_EFFECT - set(ignore_fields))
     if unknown: _refuse(source, f"cfg.json has settings sae_nb does not know: {', '.join(unknown)}",
                         "They may change what the SAE computes. If you have checked that they do not, pass "
                         f"ignore_fields={tuple(unknown)!r}")
-    if act not in ('relu', 'topk'): _refuse(source, f"activation_fn {act!r} is not one sae_nb has", "Use SAELens to run it")
+    if act not in ('relu', 'topk'): _refuse(source, f"activation_fn {act!r} is not one sae_nb has",
+                                            "Use SAELens to run it")
     if isinstance(lens.get('k'), float) and not float(lens['k']).is_integer() and arch == 'topk':
         _refuse(source, f"k={lens['k']} is not a whole number of latents", "Give a TopK SAE an integer k")
     if arch in ('batchtopk', 'matryoshka_batchtopk') and 'rescale_acts_by_decoder_norm' not in lens:
         _refuse(source, f"a {arch} training checkpoint without rescale_acts_by_decoder_norm, so the file does not say "
-                "whether its threshold applies to the pre-activations times the decoder norms (SAELens' training default "
-                "today) or to the pre-activations alone", "Add \"rescale_acts_by_decoder_norm\": true or false to cfg.json, "
-                "as the SAE was trained")
+                "whether its threshold applies to the pre-activations times the decoder norms (SAELens' training "
+                "default today) or to the pre-activations alone",
+                "Add \"rescale_acts_by_decoder_norm\": true or false to cfg.json, as the SAE was trained")
     norm = lens.get('normalize_activations', 'none')
     if norm in ('layer_norm', 'constant_norm_rescale'):
-        _refuse(source, f"normalize_activations={norm!r} normalises each token by its own statistics, which sae_nb does not do",
+        _refuse(source, f"normalize_activations={norm!r} normalises each token by its own "
+                "statistics, which sae_nb does not do",
                 "Use SAELens to run it, or retrain with normalize_activations='none' or 'expected_average_only_in'")
 
 # %% ../nbs/02b_formats.ipynb #c6f16882
@@ -118,8 +124,10 @@ def _check_saelens_fields(lens:dict, source, ignore_fields) -> None:
 def _saelens_tensors(lens:dict, t:dict, folder:Path, source) -> dict:
     "SAELens weights as ours: each setting folded in (see the table above)."
     dtype = getattr(torch, str(lens.get('dtype', 'float32')).replace('torch.', ''), None)
-    if not isinstance(dtype, torch.dtype): _refuse(source, f"dtype={lens.get('dtype')!r} is not a torch dtype", "Fix cfg.json")
-    t = {n: v.to(dtype).double() for n, v in t.items()}  # the weights SAELens runs (in the cfg's dtype); folded in float64
+    if not isinstance(dtype, torch.dtype): _refuse(source, f"dtype={lens.get('dtype')!r} is not a torch dtype",
+                                                   "Fix cfg.json")
+    # the weights SAELens runs (in the cfg's dtype); folded in float64
+    t = {n: v.to(dtype).double() for n, v in t.items()}
     arch = lens['architecture']
     if arch == 'gated':  # gate: x·W + b_gate > 0  ⇔  magnitude x·W·e^r + b_mag > b_mag − e^r·b_gate
         mag = t.pop('r_mag').exp()
@@ -129,13 +137,15 @@ def _saelens_tensors(lens:dict, t:dict, folder:Path, source) -> dict:
     if 'scaling_factor' in t:  # pre-6: latents × s before decoding; SAELens drops an all-ones one saved by mistake
         s = t.pop('scaling_factor')
         if lens.get('finetuning_scaling_factor'): t['W_dec'] = t['W_dec'] * s[:, None]
-        elif not torch.allclose(s, torch.ones_like(s)): _refuse(source, "the weights hold a scaling_factor that is not all ones, but "
-                                            "finetuning_scaling_factor is false", "Set finetuning_scaling_factor in cfg.json to "
-                                            "what the SAE was trained with (SAELens refuses this file too)")
+        elif not torch.allclose(s, torch.ones_like(s)):
+            _refuse(source, "the weights hold a scaling_factor that is not all ones, but finetuning_scaling_factor "
+                    "is false", "Set finetuning_scaling_factor in cfg.json to what the SAE was trained with "
+                    "(SAELens refuses this file too)")
     if not lens.get('apply_b_dec_to_input', True):  # x·W + b  =  (x − b_dec)·W + (b + b_dec·W)
         shift = t['b_dec'] @ t['W_enc']
         t['b_enc'] = t['b_enc'] + shift  # the pre-activations are unchanged, so a threshold stays as it is
-    if lens.get('rescale_acts_by_decoder_norm') and arch in _RESCALING:  # pre·n picks the latents, divided by n to decode
+    # pre·n picks the latents, divided by n to decode
+    if lens.get('rescale_acts_by_decoder_norm') and arch in _RESCALING:
         n = t['W_dec'].norm(dim=-1)
         t['W_enc'], t['b_enc'], t['W_dec'] = t['W_enc'] * n, t['b_enc'] * n, t['W_dec'] / n[:, None]
     t = _saelens_normalisation(lens.get('normalize_activations', 'none'), t, folder, source)
@@ -146,15 +156,16 @@ def _saelens_normalisation(norm:str, t:dict, folder:Path, source) -> dict:
     if norm == 'none': return t
     scaler = folder/'activation_scaler.json'
     if not scaler.is_file():
-        _refuse(source, f"normalize_activations={norm!r}, but {scaler.name} (the scaling SAELens' trainer applied) is not "
-                "beside it, so the weights expect inputs transformed in a way this folder does not record",
+        _refuse(source, f"normalize_activations={norm!r}, but {scaler.name} (the scaling SAELens' trainer applied) is "
+                "not beside it, so the weights expect inputs transformed in a way this folder does not record",
                 "Fold it in SAELens (sae.fold_activation_norm_scaling_factor) and save again, or copy the "
                 "checkpoint's activation_scaler.json here")
     factor = _read_json(scaler).get('scaling_factor')
     if norm == 'covariance_whitening':  # z = (x·s − μ)·M ;  x̂ = (ẑ·M⁻¹ + μ) / s
         white = folder/'activation_whitening.safetensors'
-        if not white.is_file(): _refuse(source, f"normalize_activations='covariance_whitening', but {white.name} is missing",
-                                        "Copy it from the SAELens checkpoint folder")
+        if not white.is_file():
+            _refuse(source, f"normalize_activations='covariance_whitening', but {white.name} is missing",
+                    "Copy it from the SAELens checkpoint folder")
         w = {n: v.double() for n, v in load_file(str(white)).items()}
         t['W_enc'] = w['matrix'] @ t['W_enc']
         t['W_dec'], t['b_dec'] = t['W_dec'] @ w['inverse_matrix'], t['b_dec'] @ w['inverse_matrix'] + w['mean']
@@ -178,7 +189,8 @@ def load_saelens(cls:SparseAutoencoder, path:str|Path, # a folder with SAELens' 
     if 'threshold' in tensors and activation == 'jumprelu':  # ours is exp(log θ) > 0; θ ≤ 0 acts as 0 after the ReLU
         tensors['log_threshold'] = tensors.pop('threshold').clamp(min=1e-30).log()
     if activation == 'batchtopk':
-        if 'topk_threshold' not in tensors: raise CheckpointError(f"{source}: a BatchTopK checkpoint without its topk_threshold.")
+        if 'topk_threshold' not in tensors:
+            raise CheckpointError(f"{source}: a BatchTopK checkpoint without its topk_threshold.")
         tensors['threshold'] = tensors.pop('topk_threshold').reshape(())
     k = lens.get('k') or 100  # SAELens' own default
     sae = _build(activation, tensors, source, k=k, settings=lens.get('sae_nb_config'))
@@ -192,7 +204,8 @@ SAELENS_FORMAT_VERSION = '6.0.0'  # the SAELens layout these files follow
 
 def _saelens_export_tensors(sae:SparseAutoencoder) -> dict:
     c = sae.cfg
-    if c.activation not in _TO_SAELENS: _refuse(c.activation, "SAELens has no such architecture", "Save it with sae.save()")
+    if c.activation not in _TO_SAELENS: _refuse(c.activation, "SAELens has no such architecture",
+                                                "Save it with sae.save()")
     if c.activation == 'relu' and not c.use_relu:
         _refuse('relu with use_relu=False', "a linear encoder has no SAELens architecture", "Save it with sae.save()")
     t = {n: getattr(sae, n).detach().float().cpu().contiguous() for n in ('W_enc', 'b_enc', 'W_dec', 'b_dec')}
@@ -214,8 +227,8 @@ def save_saelens(self:SparseAutoencoder, path:str|Path, # a folder; created if n
     kept = {n: v for n, v in (getattr(self, 'metadata', None) or {}).items() if n != 'format'}
     meta = {**kept, **(metadata or {}), 'sae_lens_version': SAELENS_FORMAT_VERSION}
     meta.update({n: v for n, v in (('model_name', model_name), ('hook_name', hook_name)) if v})
-    cfg = dict(architecture=_TO_SAELENS[c.activation], d_in=c.input_dim, d_sae=c.latent_dim, dtype='float32', device='cpu',
-               apply_b_dec_to_input=True, normalize_activations='none',
+    cfg = dict(architecture=_TO_SAELENS[c.activation], d_in=c.input_dim, d_sae=c.latent_dim, dtype='float32',
+               device='cpu', apply_b_dec_to_input=True, normalize_activations='none',
                reshape_activations='hook_z' if (meta.get('hook_name') or '').endswith('hook_z') else 'none',
                metadata=meta, sae_nb_config=sae.cfg.to_dict())
     if c.activation == 'topk': cfg.update(k=c.k, rescale_acts_by_decoder_norm=False)
@@ -233,22 +246,27 @@ def _read_sparsify(path:Path, ignore_fields=()) -> SparseAutoencoder:
     unknown = sorted(set(cfg) - _SPARSIFY_FIELDS - set(ignore_fields))
     if unknown: _refuse(source, f"cfg.json has settings sae_nb does not know: {', '.join(unknown)}",
                         f"If you have checked that they change nothing, pass ignore_fields={tuple(unknown)!r}")
-    if cfg.get('activation', 'topk') != 'topk': _refuse(source, f"activation {cfg['activation']!r} is not one sae_nb has",
-                                                        "Use sparsify to run it")
-    if cfg.get('transcode'): _refuse(source, "it is a transcoder (it maps one hook point to another)", "Use sparsify to run it")
+    if cfg.get('activation', 'topk') != 'topk':
+        _refuse(source, f"activation {cfg['activation']!r} is not one sae_nb has", "Use sparsify to run it")
+    if cfg.get('transcode'): _refuse(source, "it is a transcoder (it maps one hook point to another)",
+                                     "Use sparsify to run it")
     if cfg.get('skip_connection'): _refuse(source, "it has a skip connection (W_skip)", "Use sparsify to run it")
     t = _read_safetensors(path/'sae.safetensors')
     need = {'encoder.weight', 'encoder.bias', 'W_dec', 'b_dec'}
-    if not need <= set(t): raise CheckpointError(f"{path/'sae.safetensors'} lacks {sorted(need - set(t))}: not a sparsify SAE.")
-    tensors = {'W_enc': t['encoder.weight'].T.contiguous(), 'b_enc': t['encoder.bias'], 'W_dec': t['W_dec'], 'b_dec': t['b_dec']}
+    if not need <= set(t):
+        raise CheckpointError(f"{path/'sae.safetensors'} lacks {sorted(need - set(t))}: not a sparsify SAE.")
+    tensors = {'W_enc': t['encoder.weight'].T.contiguous(), 'b_enc': t['encoder.bias'], 'W_dec': t['W_dec'],
+               'b_dec': t['b_dec']}
     if tensors['W_enc'].shape[0] != cfg.get('d_in'):
-        raise CheckpointError(f"{path}: d_in={cfg.get('d_in')} in cfg.json, but the encoder reads {tensors['W_enc'].shape[0]}.")
+        raise CheckpointError(f"{path}: d_in={cfg.get('d_in')} in cfg.json, but "
+                              f"the encoder reads {tensors['W_enc'].shape[0]}.")
     sae = _build('topk', tensors, source, k=cfg.get('k', 32))
     sae.metadata = {'format': 'sparsify', 'hookpoint': path.name}
     return sae
 
 def _hookpoint_folders(path:Path) -> list:
-    return sorted(p for p in path.iterdir() if p.is_dir() and (p/'cfg.json').is_file() and (p/'sae.safetensors').is_file())
+    return sorted(p for p in path.iterdir()
+                  if p.is_dir() and (p/'cfg.json').is_file() and (p/'sae.safetensors').is_file())
 
 # %% ../nbs/02b_formats.ipynb #5b52dfc9
 @patch(cls_method=True)
@@ -276,18 +294,21 @@ def save_sparsify(self:SparseAutoencoder, path:str|Path, # the SAE's folder (or,
     if c.activation != 'topk': _refuse(c.activation, "sparsify runs only per-token TopK SAEs",
                                        "Save it with save_saelens() or sae.save()")
     path = Path(path)/hookpoint if hookpoint else Path(path)
-    tensors = {'encoder.weight': sae.W_enc.detach().T.float().cpu().contiguous(), 'encoder.bias': sae.b_enc.detach().float().cpu(),
+    tensors = {'encoder.weight': sae.W_enc.detach().T.float().cpu().contiguous(),
+               'encoder.bias': sae.b_enc.detach().float().cpu(),
                'W_dec': sae.W_dec.detach().float().cpu().contiguous(), 'b_dec': sae.b_dec.detach().float().cpu()}
     unit = bool(torch.allclose(tensors['W_dec'].norm(dim=-1), torch.ones(c.latent_dim), atol=1e-4))
     cfg = dict(activation='topk', expansion_factor=max(1, c.latent_dim // c.input_dim), normalize_decoder=unit,
-               num_latents=c.latent_dim, k=c.k, multi_topk=False, skip_connection=False, transcode=False, d_in=c.input_dim)
+               num_latents=c.latent_dim, k=c.k, multi_topk=False, skip_connection=False, transcode=False,
+               d_in=c.input_dim)
     with atomic_path(path/'sae.safetensors') as tmp: save_file(tensors, str(tmp))
     atomic_write_text(path/'cfg.json', json.dumps(cfg))
     return path
 
 # %% ../nbs/02b_formats.ipynb #3220516d
 SEED_NAMES = {'d_in': 'input_dim', 'l1_coef': 'l1_penalty_coeff', 'lr': 'learning_rate', # older code's names → ours
-              'decorr_coef': 'decorrelation_coeff', 'probe_coef': 'probe_loss_coeff', 'temporal_coef': 'temporal_smoothness_coeff'}
+              'decorr_coef': 'decorrelation_coeff', 'probe_coef': 'probe_loss_coeff',
+              'temporal_coef': 'temporal_smoothness_coeff'}
 # `d_sae` comes from the tensors; names in neither list are kept in `sae.metadata['unused_settings']`
 
 def _seed_settings(config:dict) -> tuple:
@@ -307,11 +328,13 @@ def _from_state(state:dict, config:dict, source) -> SparseAutoencoder:
     tensors = {n: v for n, v in state.items() if torch.is_tensor(v)}
     core = ('W_enc', 'b_enc', 'W_dec', 'b_dec')
     if any(n not in tensors for n in core):
-        raise CheckpointError(f"{source} is not an SAE checkpoint: it needs the tensors {', '.join(core)}; found {sorted(tensors)}.")
+        raise CheckpointError(f"{source} is not an SAE checkpoint: it needs the "
+                              f"tensors {', '.join(core)}; found {sorted(tensors)}.")
     settings, unused = _seed_settings(config if isinstance(config, dict) else {})
     if 'activation' not in settings:
-        raise CheckpointError(f"{source}: its config names no activation, k or L1 coefficient, so sae_nb cannot tell how "
-                              f"its latents are made. Add 'activation' (relu, topk, batchtopk, jumprelu) to its config.")
+        raise CheckpointError(f"{source}: its config names no activation, k or L1 coefficient, "
+                              "so sae_nb cannot tell how its latents are made. Add "
+                              "'activation' (relu, topk, batchtopk, jumprelu) to its config.")
     if 'probe.weight' in tensors: settings['probe_classes'] = tensors['probe.weight'].shape[0]
     threshold = tensors.pop('threshold', None)
     if threshold is not None and threshold.dim() == 1: tensors['log_threshold'] = threshold.clamp(min=1e-30).log()
@@ -325,7 +348,8 @@ def from_checkpoint_dict(cls:SparseAutoencoder, path:str|Path, device=None):
     "Load an SAE checkpoint dict (ours, or older code's with its own setting names); returns `(sae, losses)`."
     path = Path(path)
     ckpt = _safe_torch_load(path)
-    if not isinstance(ckpt, dict): raise CheckpointError(f"{path} holds a {type(ckpt).__name__}, not an SAE checkpoint dict.")
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"{path} holds a {type(ckpt).__name__}, not an SAE checkpoint dict.")
     sae = _from_state(ckpt, ckpt.get('config'), path)
     return sae.to(pick_device(device or sae.cfg.device)), [float(l) for l in ckpt.get('losses', [])]
 
@@ -357,11 +381,12 @@ def read_trainer_checkpoint(path:str|Path, device=None) -> dict:
         raise CheckpointError(f"{path} is not a trainer checkpoint: it needs {', '.join(_TRAINER_KEYS)}.")
     sae = _from_state(ckpt['model_state'], ckpt.get('config'), path)
     sae.metadata['format'] = 'trainer checkpoint'
-    return {'sae': sae.to(pick_device(device or sae.cfg.device)), **{k: ckpt.get(k) for k in _TRAINER_KEYS if k != 'model_state'}}
+    return {'sae': sae.to(pick_device(device or sae.cfg.device)),
+            **{k: ckpt.get(k) for k in _TRAINER_KEYS if k != 'model_state'}}
 
-def save_trainer_checkpoint(trainer, # an `SAETrainer` (05_trainer): its SAE, optimizer, learning rate and step are saved
+def save_trainer_checkpoint(trainer, # an `SAETrainer` (05_trainer): saves its SAE, optimizer, learning rate and step
                             path:str|Path) -> Path:
-    "Write the older trainer-checkpoint layout (`step`, `epoch`, `model_state`, `optimizer_state`, `scheduler_state`, `config`)."
+    "Write an older trainer checkpoint: `step`, `epoch`, `model_state`, `optimizer_state`, `scheduler_state`, `config`."
     if trainer.sae._scale != 1.0:
         raise UnsupportedFormat("The SAE has an input scale, which this layout cannot record: fold it first "
                                 "(sae.fold_input_scale()) or save a native checkpoint (05_trainer).")
@@ -369,7 +394,8 @@ def save_trainer_checkpoint(trainer, # an `SAETrainer` (05_trainer): its SAE, op
     scheduler = {'base_lrs': [trainer.cfg.learning_rate], 'last_epoch': step, '_step_count': step + 1, '_last_lr': [lr]}
     payload = {'step': step, 'epoch': int(trainer.state.data_position.get('epoch', 0)),
                'model_state': {k: v.detach().cpu().clone() for k, v in trainer.sae.state_dict().items()},
-               'optimizer_state': trainer.optimizer.state_dict(), 'scheduler_state': scheduler, 'config': trainer.cfg.to_dict()}
+               'optimizer_state': trainer.optimizer.state_dict(), 'scheduler_state': scheduler,
+               'config': trainer.cfg.to_dict()}
     with atomic_path(path) as tmp: torch.save(payload, tmp)
     return Path(path)
 
@@ -400,13 +426,16 @@ def _hub_snapshot(repo:str, hookpoint:Optional[str]) -> Path:
     try:
         from huggingface_hub import snapshot_download
         return Path(snapshot_download(repo, allow_patterns=[f"{hookpoint}/*"] if hookpoint else None))
-    except ImportError: raise ImportError("Loading from the Hugging Face Hub needs huggingface_hub: pip install huggingface_hub") from None
+    except ImportError:
+        raise ImportError("Loading from the Hugging Face Hub needs "
+                          "huggingface_hub: pip install huggingface_hub") from None
     except Exception as e:
         offline = 'offline' in str(e).lower() or 'connect' in str(e).lower() or 'resolve' in str(e).lower()
-        why = "the hub cannot be reached from here (offline, or HF_HUB_OFFLINE is set) and it is not in the local cache" \
-              if offline else f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-        raise CheckpointError(f"No file or folder {repo!r} here, and loading it as a Hugging Face Hub repo failed: {why}. "
-                              f"Check the path or name, or download the files and pass their folder.") from None
+        why = ("the hub cannot be reached from here (offline, or HF_HUB_OFFLINE is set) "
+               "and it is not in the local cache"
+               if offline else f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+        raise CheckpointError(f"No file or folder {repo!r} here, and loading it as a Hugging Face Hub repo failed: "
+                              f"{why}. Check the path or name, or download the files and pass their folder.") from None
 
 _READERS = {'native': lambda p, kw: SparseAutoencoder.load(p),
             'saelens': lambda p, kw: SparseAutoencoder.load_saelens(p, **kw),
@@ -423,18 +452,22 @@ def from_pretrained(cls:SparseAutoencoder, path_or_repo:str|Path, # a folder, a 
     path = Path(path_or_repo)
     if not path.exists():
         if str(path_or_repo).count('/') != 1 or str(path_or_repo).startswith(('.', '/')):
-            raise FileNotFoundError(f"No file or folder at {path_or_repo}, and it is not a Hugging Face repo id (owner/name).")
+            raise FileNotFoundError(f"No file or folder at {path_or_repo}, and it "
+                                    "is not a Hugging Face repo id (owner/name).")
         path = _hub_snapshot(str(path_or_repo), hookpoint)
     if path.is_file() and path.suffix == '.safetensors': path = path.parent  # its folder says how to read it
     if hookpoint is not None and path.is_dir() and (path/hookpoint).is_dir(): path = path/hookpoint
     kind = detect_format(path)
-    if kind == 'unknown': raise CheckpointError(f"{path/'cfg.json'} is in no layout sae_nb knows (native, SAELens, sparsify).")
+    if kind == 'unknown':
+        raise CheckpointError(f"{path/'cfg.json'} is in no layout sae_nb knows (native, SAELens, sparsify).")
     if kind == 'folders':
         found = [p for p in sorted(path.iterdir()) if p.is_dir() and (p/'cfg.json').is_file()]
         if len(found) > 1:
-            raise CheckpointError(f"{path} holds several SAEs ({', '.join(p.name for p in found)}): pass hookpoint= one of them.")
+            raise CheckpointError(f"{path} holds several SAEs ({', '.join(p.name for p in found)}): "
+                                  "pass hookpoint= one of them.")
         path, kind = found[0], detect_format(found[0])  # e.g. sae_train's output folder, with the SAE in sae/
-        if kind not in _READERS: raise CheckpointError(f"{path} holds no SAE that sae_nb can read directly; give the folder of one SAE.")
+        if kind not in _READERS:
+            raise CheckpointError(f"{path} holds no SAE that sae_nb can read directly; give the folder of one SAE.")
     kw = {'ignore_fields': ignore_fields} if kind in ('saelens', 'sparsify') else {}
     sae = _READERS[kind](path, kw)
     return sae.eval().to(pick_device(device or sae.cfg.device))
@@ -460,8 +493,8 @@ def check_interchange_case(case:str|Path, tolerance:float=1e-5) -> dict:
     "Compare sae_nb with one fixture folder of `tests/fixtures/interop`; a row of the interchange table."
     case = Path(case)
     meta = _read_json(case/'case.json')
-    row = {'library': f"{meta['library']} {meta['version']}", 'variant': meta['variant'], 'direction': meta['direction'],
-           'note': meta.get('note', '')}
+    row = {'library': f"{meta['library']} {meta['version']}", 'variant': meta['variant'],
+           'direction': meta['direction'], 'note': meta.get('note', '')}
     if meta['direction'].startswith('sae_nb'):
         sae = SparseAutoencoder.load(case/'native', device='cpu').eval()
         sae.metadata = {'model_name': 'gpt2', 'hook_name': 'blocks.6.hook_resid_post'}  # as the fixture script saved it
@@ -472,7 +505,8 @@ def check_interchange_case(case:str|Path, tolerance:float=1e-5) -> dict:
     try: sae = SparseAutoencoder.from_pretrained(case/'sae', hookpoint=meta.get('hookpoint'), device='cpu')
     except UnsupportedFormat as e:
         why = str(e).split(': ', 1)[-1]
-        return {**row, 'result': 'refused: ' + why.split('. ')[0], 'ok': bool(meta['refuse']) and meta['refuse'] in str(e)}
+        return {**row, 'result': 'refused: ' + why.split('. ')[0],
+                'ok': bool(meta['refuse']) and meta['refuse'] in str(e)}
     if meta['refuse']: return {**row, 'result': 'loaded, but should have been refused', 'ok': False}
     diff = _max_diff(sae, load_file(str(case/'expected.safetensors')))
     return {**row, 'result': f"max diff {diff:.1e} (as {sae.cfg.activation})", 'ok': diff <= tolerance}

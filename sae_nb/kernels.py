@@ -37,13 +37,14 @@ def topk_select(x:torch.Tensor, # [batch, input_dim]
     pre = torch.empty(chunk, W_enc.shape[1], dtype=x.dtype, device=x.device)  # reused by every chunk
     for s in range(0, len(x), chunk):
         rows = x[s:s + chunk]
-        p = torch.mm(rows, W_enc, out=pre[:len(rows)]).add_(bias)  # faster than addmm, which first copies the bias into every row
+        # faster than addmm, which first copies the bias into every row
+        p = torch.mm(rows, W_enc, out=pre[:len(rows)]).add_(bias)
         torch.topk(p, k, dim=-1, sorted=False, out=(vals[s:s + chunk], idx[s:s + chunk]))
     return vals, idx
 
 # %% ../nbs/02a_kernels.ipynb #732c3bad
 class ByLatent(NamedTuple):
-    "The `[batch, k]` index table grouped by latent: entries `order[crow[f]:crow[f+1]]` of the flat table hold latent f."
+    "The `[batch, k]` index table grouped by latent: flat entries `order[crow[f]:crow[f+1]]` hold latent f."
     crow: torch.Tensor # [latent_dim + 1] start of each latent's entries
     rows: torch.Tensor # [batch * k] the token of each entry, grouped by latent
     order: torch.Tensor # [batch * k] the entry's position in the flat table
@@ -65,7 +66,8 @@ def segment_sum(groups:ByLatent, weights:torch.Tensor, # [batch, k] one weight p
     w = weights.flatten()[order].to(src.dtype)
     with warnings.catch_warnings():
         warnings.filterwarnings('ignore', 'Sparse CSR tensor support is in beta')
-        csr = torch.sparse_csr_tensor(crow, rows, w, (len(crow) - 1, len(src)), device=src.device, check_invariants=False)
+        csr = torch.sparse_csr_tensor(crow, rows, w, (len(crow) - 1, len(src)), device=src.device,
+                                      check_invariants=False)
     return csr @ src
 
 def segment_sum_reference(idx, weights, src, latent_dim):
@@ -87,7 +89,8 @@ class _EncodeAt(torch.autograd.Function):
         g = g.to(W_enc.dtype)
         grads = [None] * 8
         groups = ctx.groups or group_by_latent(idx, W_enc.shape[1])
-        d_b_enc = torch.zeros(W_enc.shape[1], dtype=W_enc.dtype, device=g.device).index_add_(0, idx.flatten(), g.flatten())
+        d_b_enc = torch.zeros(W_enc.shape[1], dtype=W_enc.dtype, device=g.device)
+        d_b_enc.index_add_(0, idx.flatten(), g.flatten())
         if ctx.needs_input_grad[3]:
             summed = (triton_segment_sum if ctx.use_triton else segment_sum)(groups, g, (x.to(W_enc.dtype) - b_dec))
             grads[3] = summed.T
@@ -107,10 +110,11 @@ def encode_at(vals:torch.Tensor, # [batch, k] pre-activations at `idx`, computed
     return _EncodeAt.apply(vals, idx, x, W_enc, b_enc, b_dec, use_triton, groups)
 
 def sparse_topk_encode(x, W_enc, b_enc, b_dec, k:int, use_triton:bool=False) -> tuple:
-    "Top-k latents of `x`: values after the ReLU and indices (each [batch, k]), and, when training, their `ByLatent` grouping."
+    "Top-k latents of `x`: values after the ReLU, indices (each [batch, k]) and, when training, their `ByLatent`."
     pre_vals, idx = topk_select(x, W_enc, b_enc, b_dec, k)
     training = torch.is_grad_enabled() and W_enc.requires_grad
-    groups = group_by_latent(idx, W_enc.shape[1]) if training else None  # shared by the decoder's backward and the encoder's
+    # shared by the decoder's backward and the encoder's
+    groups = group_by_latent(idx, W_enc.shape[1]) if training else None
     return F.relu(encode_at(pre_vals, idx, x, W_enc, b_enc, b_dec, use_triton, groups)), idx, groups
 
 # %% ../nbs/02a_kernels.ipynb #8195c991
@@ -131,7 +135,8 @@ class _SparseDecode(torch.autograd.Function):
             bag_of = torch.arange(n, device=idx.device).repeat_interleave(k)
             d_vals = torch.ops.aten._embedding_bag_per_sample_weights_backward(
                 g.contiguous(), W_dec, idx.flatten(), offsets, bag_of, 0, -1).view(n, k)
-        if ctx.needs_input_grad[2]: d_W = segment_sum(ctx.groups or group_by_latent(idx, W_dec.shape[0]), vals, g.to(W_dec.dtype))
+        if ctx.needs_input_grad[2]:
+            d_W = segment_sum(ctx.groups or group_by_latent(idx, W_dec.shape[0]), vals, g.to(W_dec.dtype))
         return d_vals, None, d_W, None
 
 def fast_sparse_decode(vals:torch.Tensor, # [batch, k] values of the active latents
@@ -173,7 +178,8 @@ def _segment_sum_kernel(crow_ptr, rows_ptr, w_ptr, src_ptr, out_ptr, D, BLOCK_D:
     acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
     for e in range(tl.load(crow_ptr + f), tl.load(crow_ptr + f + 1)):
         row = tl.load(rows_ptr + e)
-        acc += tl.load(w_ptr + e).to(tl.float32) * tl.load(src_ptr + row * D + offs, mask=offs < D, other=0.0).to(tl.float32)
+        x_row = tl.load(src_ptr + row * D + offs, mask=offs < D, other=0.0)
+        acc += tl.load(w_ptr + e).to(tl.float32) * x_row.to(tl.float32)
     tl.store(out_ptr + f * D + offs, acc, mask=offs < D)
 
 # %% ../nbs/02a_kernels.ipynb #af716a81
@@ -194,7 +200,8 @@ def _triton() -> dict:
 def _check_triton_device(t:torch.Tensor):
     if t.device.type != 'cuda' and os.environ.get('TRITON_INTERPRET') != '1':
         raise RuntimeError(f"kernels='triton' runs on CUDA tensors, but these are on {t.device}. Use kernels='sparse' "
-                           "on this device (or set TRITON_INTERPRET=1 before Triton is imported, to check the kernels slowly).")
+                           "on this device (or set TRITON_INTERPRET=1 before Triton is imported, to check the "
+                           "kernels slowly).")
 
 def _block(d:int) -> int: return min(128, triton.next_power_of_2(d))
 

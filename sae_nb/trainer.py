@@ -5,7 +5,7 @@
 # %% ../nbs/05_trainer.ipynb #b128e912
 from __future__ import annotations
 import math, os, shutil, tempfile, time, warnings
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, fields, asdict
 from pathlib import Path
 from typing import Callable, Optional, Union
@@ -36,7 +36,8 @@ def lr_factor(step:int, # 0-based step
     if step < warmup_steps: return (step + 1) / warmup_steps
     if schedule == 'constant': return 1.0
     if not total_steps:
-        raise ConfigError(f"lr_schedule={schedule!r} decays over the run, but its length is unknown (streamed data): set max_steps.")
+        raise ConfigError(f"lr_schedule={schedule!r} decays over the run, but its length is unknown (streamed data): "
+                          f"set max_steps.")
     progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
     return 1.0 - progress if schedule == 'linear' else 0.5 * (1.0 + math.cos(math.pi * progress))
 
@@ -45,7 +46,8 @@ def lr_factor(step:int, # 0-based step
 class TrainingMetrics:
     "The metrics of one logged step."
     step:int; tokens:int; loss:float
-    recon_loss:float; l1_loss:float; decorr_loss:float; probe_loss:float; temporal_loss:float; auxk_loss:float; ghost_loss:float
+    recon_loss:float; l1_loss:float; decorr_loss:float; probe_loss:float; temporal_loss:float; auxk_loss:float
+    ghost_loss:float
     r2:float; fvu:float; l0:float; dead_features:int; dead_fraction:float; frac_active:float
     lr:float; time_per_step:float; tokens_per_s:float
 
@@ -56,14 +58,14 @@ class TrainingState:
     tokens_seen:int = 0 # training tokens consumed
     tokens_since_fired:Optional[torch.Tensor] = None # [latent_dim] tokens since each latent last fired
     data_position:dict = field(default_factory=dict) # the data source's `state_dict()`
-    any_dead:bool = False # some latent was dead at the last check (every min(log_every, window/batch) steps): only then does AuxK run
+    any_dead:bool = False # a latent was dead at the last check (every min(log_every, window/batch) steps): AuxK runs
     best_eval_loss:float = math.inf # best evaluation loss so far
     evals_since_best:int = 0 # evaluations since it improved
     eval_x:Optional[torch.Tensor] = None # [tokens, input_dim] held-out evaluation activations
-    eval_meta:dict = field(default_factory=dict) # their `sequence_ids`, `positions` and `labels` ([tokens] each, or None)
+    eval_meta:dict = field(default_factory=dict) # their `sequence_ids`, `positions`, `labels` ([tokens] each, or None)
     split:Optional[dict] = None # what was held out: tokens, texts, their ids (and shards); None when nothing was
-    history:dict = field(default_factory=lambda: {f.name: [] for f in fields(TrainingMetrics)}) # metric -> values at logged steps
-    eval_history:dict = field(default_factory=lambda: {'step': [], 'eval_loss': [], 'eval_fvu': []}) # evaluation results
+    history:dict = field(default_factory=lambda: {f.name: [] for f in fields(TrainingMetrics)}) # values at logged steps
+    eval_history:dict = field(default_factory=lambda: {'step': [], 'eval_loss': [], 'eval_fvu': []}) # held-out results
 
     @property
     def eval_batch(self) -> Optional[Batch]:
@@ -80,9 +82,10 @@ def update_dead_counters(tokens_since_fired:torch.Tensor, # [latent_dim]
 
 def fired_latents(out, # a `SAEOutput`
                   latent_dim:int) -> torch.Tensor: # [latent_dim] bool
-    "Latents active on some token of the batch; read from the top-k indices when there are some, so no dense latents are built."
+    "Latents active on some token of the batch; read from the top-k indices when there are some (no dense latents)."
     if out.top_idx is None: return (out.h != 0).any(0)
-    hits = torch.zeros(latent_dim, device=out.top_idx.device).index_add_(0, out.top_idx.flatten(), (out.top_vals != 0).flatten().float())
+    hits = torch.zeros(latent_dim, device=out.top_idx.device)
+    hits.index_add_(0, out.top_idx.flatten(), (out.top_vals != 0).flatten().float())
     return hits > 0
 
 # %% ../nbs/05_trainer.ipynb #2734f63c
@@ -132,7 +135,8 @@ def train_step(sae, optimizer, batch, # a `Batch` (or a [batch, input_dim] tenso
     if sync_grads: sync_grads(sae)
     if scaler: scaler.unscale_(optimizer)
     sae.remove_parallel_grads()
-    if sae.cfg.grad_clip: torch.nn.utils.clip_grad_norm_(sae.sae_parameters(), sae.cfg.grad_clip)  # the probe's own fit aside
+    if sae.cfg.grad_clip:  # the probe's own fit aside
+        torch.nn.utils.clip_grad_norm_(sae.sae_parameters(), sae.cfg.grad_clip)
     if scaler: scaler.step(optimizer); scaler.update()
     else: optimizer.step()
     return out, terms, total
@@ -150,28 +154,50 @@ class Callback:
 class ProgressCallback(Callback):
     "A progress bar with the live loss, L0 and tokens/s."
     def on_start(self, trainer):
-        self.bar = tqdm(total=trainer.total_steps, initial=trainer.state.step, desc='training', unit='step', leave=False)
+        self.bar = tqdm(total=trainer.total_steps, initial=trainer.state.step, desc='training', unit='step',
+                        leave=False)
     def on_step(self, trainer): self.bar.update(1)
-    def on_log(self, trainer, m): self.bar.set_postfix(loss=f"{m.loss:.4g}", L0=f"{m.l0:.1f}", tok_s=f"{m.tokens_per_s:,.0f}", refresh=False)
+    def on_log(self, trainer, m):
+        self.bar.set_postfix(loss=f"{m.loss:.4g}", L0=f"{m.l0:.1f}", tok_s=f"{m.tokens_per_s:,.0f}", refresh=False)
     def on_end(self, trainer): self.bar.close()
     def on_error(self, trainer, error): self.bar.close()
 
 # %% ../nbs/05_trainer.ipynb #5ab696df
+@contextmanager
+def _wandb_silenced(wandb):
+    "Silence wandb's terminal messages while a run starts (its run settings do not reach them); restore them after."
+    own = wandb.setup().settings  # the process's own wandb settings
+    wandb.termsetup(wandb.Settings(silent=True), None)
+    try: yield
+    finally: wandb.termsetup(own, None)
+
+def _offline_fallback_message(error:Exception, run) -> str:
+    why = (str(error).strip().splitlines() or [''])[0]  # the first line: the cause, without wandb's advice
+    folder = run.settings.sync_dir
+    return (f"wandb could not start an online run ({type(error).__name__}: {why}); "
+            f"logging offline instead, in {folder}. Upload it later with `wandb sync {folder}`.")
+
+# %% ../nbs/05_trainer.ipynb #124333ec
 class WandbCallback(Callback):
-    "Log the config, every logged step's metrics and a final summary to Weights & Biases."
-    def __init__(self, timeout:float=20.0): self.timeout, self.run = timeout, None
+    "Log the config, every logged step's metrics, the held-out evaluations and a final summary to Weights & Biases."
+    def __init__(self, timeout:float=20.0): # seconds an online run may take to start before falling back to offline
+        self.timeout, self.run = timeout, None
     def on_start(self, trainer):
         import wandb
-        c = trainer.cfg
-        kw = dict(project=c.wandb_project, config=c.to_dict(), dir=str(Path(c.checkpoint_dir)), reinit='finish_previous')
-        mode = {'dryrun': 'offline'}.get(os.environ.get('WANDB_MODE'), os.environ.get('WANDB_MODE')) or c.wandb_mode
-        try: self.run = wandb.init(mode=mode, settings=wandb.Settings(init_timeout=self.timeout, silent=True), **kw)  # env first
-        except Exception as e:
-            if mode != 'online': raise
-            warnings.warn(f"wandb could not reach its server ({type(e).__name__}); logging offline instead. Sync later with `wandb sync`.")
-            self.run = wandb.init(mode='offline', **kw)
+        c, env = trainer.cfg, os.environ.get('WANDB_MODE')
+        mode = {'dryrun': 'offline'}.get(env, env) or c.wandb_mode  # the environment first
+        folder = Path(c.checkpoint_dir)
+        folder.mkdir(parents=True, exist_ok=True)  # wandb looks for the folder's git repository before creating it
+        kw = dict(project=c.wandb_project, config=c.to_dict(), dir=str(folder), reinit='finish_previous',
+                  settings=wandb.Settings(init_timeout=self.timeout, silent=True))
+        with _wandb_silenced(wandb):
+            try: self.run = wandb.init(mode=mode, **kw)
+            except Exception as e:
+                if mode != 'online': raise
+                self.run = wandb.init(mode='offline', **kw)
+                warnings.warn(_offline_fallback_message(e, self.run), stacklevel=5)  # at train()'s caller
     def on_log(self, trainer, m): self.run.log(asdict(m), step=m.step)
-    def on_eval(self, trainer, r): self.run.log(r, step=trainer.state.step)
+    def on_eval(self, trainer, r): self.run.log(r, step=trainer.state.step)  # `eval_loss`, `eval_fvu`, ...
     def on_end(self, trainer):
         h = trainer.history
         if h['step']: self.run.summary.update({k: v[-1] for k, v in h.items() if v})
@@ -202,14 +228,16 @@ def _set_rng_state(rng:dict):
 def _state_payload(trainer) -> dict:
     s = trainer.state
     return {**{f.name: getattr(s, f.name) for f in fields(TrainingState)}, 'optimizer': trainer.optimizer.state_dict(),
-            'scaler': trainer.scaler.state_dict() if trainer.scaler else None, 'rng': _rng_state(), 'config': trainer.cfg.to_dict()}
+            'scaler': trainer.scaler.state_dict() if trainer.scaler else None, 'rng': _rng_state(),
+            'config': trainer.cfg.to_dict()}
 
 # %% ../nbs/05_trainer.ipynb #66a1d580
 def save_checkpoint(trainer, folder:Union[str, Path]) -> Path:
     "Write the trainer's checkpoint into `folder` atomically; returns its path."
     folder, final = Path(folder), Path(folder)/checkpoint_name(trainer.state.step)
     if folder.exists() and not folder.is_dir():
-        raise NotADirectoryError(f"checkpoint_dir={str(folder)!r} is a file, not a folder: choose another checkpoint_dir.")
+        raise NotADirectoryError(f"checkpoint_dir={str(folder)!r} is a file, not a folder: "
+                                 f"choose another checkpoint_dir.")
     try:
         folder.mkdir(parents=True, exist_ok=True)
         tmp = normal_permissions(tempfile.mkdtemp(prefix=f'.tmp-{final.name}-', dir=folder), folder=True)
@@ -234,7 +262,8 @@ def load_checkpoint(path:Union[str, Path]):
     path = Path(path)
     if not (path/'trainer_state.pt').is_file():
         newest = latest_checkpoint(path)
-        if newest is None: raise CheckpointError(f"No checkpoint at {path}: give a step_* folder or a folder that holds them.")
+        if newest is None:
+            raise CheckpointError(f"No checkpoint at {path}: give a step_* folder or a folder that holds them.")
         path = newest
     return SparseAutoencoder.load(path, device='cpu'), _safe_torch_load(path/'trainer_state.pt'), path
 
@@ -242,13 +271,15 @@ class CheckpointCallback(Callback):
     "Save a checkpoint every `checkpoint_every` steps and at the end."
     def on_step(self, trainer):
         every = trainer.cfg.checkpoint_every
-        if every and trainer.state.step % every == 0: trainer.last_checkpoint = save_checkpoint(trainer, trainer.cfg.checkpoint_dir)
+        if every and trainer.state.step % every == 0:
+            trainer.last_checkpoint = save_checkpoint(trainer, trainer.cfg.checkpoint_dir)
     def on_end(self, trainer):
         if not trainer.last_checkpoint or trainer.last_checkpoint.name != checkpoint_name(trainer.state.step):
             trainer.last_checkpoint = save_checkpoint(trainer, trainer.cfg.checkpoint_dir)
 
 # %% ../nbs/05_trainer.ipynb #b6827c40
-ARCHITECTURE_FIELDS = ('input_dim', 'expansion_factor', 'activation', 'k', 'probe_classes', 'normalize_activations') # must match to resume
+# must match to resume
+ARCHITECTURE_FIELDS = ('input_dim', 'expansion_factor', 'activation', 'k', 'probe_classes', 'normalize_activations')
 
 class SAETrainer:
     "Trains a `SparseAutoencoder` as `config` says."
@@ -260,13 +291,17 @@ class SAETrainer:
                 ):
         self.cfg, self.device = config, pick_device(config.device)
         if config.use_amp and config.amp_dtype == 'float16' and self.device.type != 'cuda':
-            raise ConfigError("amp_dtype='float16' needs a CUDA GPU (it relies on a gradient scaler); use amp_dtype='bfloat16'.")
+            raise ConfigError("amp_dtype='float16' needs a CUDA GPU (it relies on a gradient scaler); "
+                              "use amp_dtype='bfloat16'.")
         self.sae = (sae or SparseAutoencoder(config, device=self.device)).to(self.device)
-        self.optimizer = torch.optim.Adam(self.sae.parameters(), lr=config.learning_rate, fused=True)  # one kernel for all parameters
+        # fused: one kernel for all parameters
+        self.optimizer = torch.optim.Adam(self.sae.parameters(), lr=config.learning_rate, fused=True)
         self.scaler = torch.amp.GradScaler('cuda') if config.use_amp and config.amp_dtype == 'float16' else None
         self.state, self.parallel, self.total_steps, self.last_checkpoint = TrainingState(), parallel, None, None
         main = parallel is None or parallel.rank == 0  # only one process shows progress, logs and saves
-        self.callbacks = ([ProgressCallback()] if progress and main else []) + ([WandbCallback()] if config.wandb_project and main else []) \
+        # wandb first: its start takes seconds and may warn, which belongs before the progress bar, not inside it
+        self.callbacks = ([WandbCallback()] if config.wandb_project and main else []) \
+                         + ([ProgressCallback()] if progress and main else []) \
                          + ([CheckpointCallback()] if main else []) + list(callbacks)
 
     @property
@@ -288,14 +323,18 @@ def _as_source(data, cfg:SAEConfig) -> ActivationSource:
         check_source(data, cfg)
         return data
     if not isinstance(data, (Batch, Captured)):
-        if not torch.is_tensor(data): raise TypeError(f"train() takes a tensor, a Batch or an ActivationSource, not {type(data).__name__}.")
-        if data.dim() not in (2, 3): raise ValueError(f"Activations must be [tokens, input_dim]; got shape {tuple(data.shape)}.")
-    return InMemoryActivations(data, batch_size=cfg.batch_size, epochs=cfg.max_epochs, seed=cfg.seed, run_length=cfg.run_length)
+        if not torch.is_tensor(data):
+            raise TypeError(f"train() takes a tensor, a Batch or an ActivationSource, not {type(data).__name__}.")
+        if data.dim() not in (2, 3):
+            raise ValueError(f"Activations must be [tokens, input_dim]; got shape {tuple(data.shape)}.")
+    return InMemoryActivations(data, batch_size=cfg.batch_size, epochs=cfg.max_epochs, seed=cfg.seed,
+                               run_length=cfg.run_length)
 
 def hold_out_eval(source:ActivationSource, cfg:SAEConfig, eval_data=None) -> Optional[Batch]:
-    "The evaluation tokens: `eval_data` if given, else whole texts the source holds out of training (None: no evaluation)."
+    "The evaluation tokens: `eval_data` if given, else whole texts the source holds out of training (None: none)."
     if isinstance(eval_data, Captured): eval_data = eval_data.batch(next(iter(eval_data.acts)))
-    if eval_data is not None: return as_batch(eval_data if not torch.is_tensor(eval_data) else eval_data.reshape(-1, eval_data.shape[-1]))
+    if torch.is_tensor(eval_data): eval_data = eval_data.reshape(-1, eval_data.shape[-1])
+    if eval_data is not None: return as_batch(eval_data)
     if not (cfg.eval_every and cfg.eval_tokens): return None
     if source.split is not None: return source.held  # the caller held texts out already: evaluate on those
     n = getattr(source, 'n_tokens', None)
@@ -315,8 +354,9 @@ def _total_steps(source, cfg:SAEConfig, own:bool=False) -> Optional[int]:
 
 def _check_batch(x:torch.Tensor, cfg:SAEConfig, step:int):
     if x.dim() != 2 or x.shape[-1] != cfg.input_dim:
-        raise ValueError(f"The data's activations have shape {tuple(x.shape)} but the SAE reads input_dim={cfg.input_dim}. "
-                         f"Capture the layer the config was made for, or set input_dim={x.shape[-1]}.")
+        raise ValueError(f"The data's activations have shape {tuple(x.shape)} but the SAE reads "
+                         f"input_dim={cfg.input_dim}. Capture the layer the config was made for, "
+                         f"or set input_dim={x.shape[-1]}.")
     # one reduction instead of an elementwise test (a NaN or Inf makes the sum non-finite); on the GPU the logged loss
     # catches them instead, without a sync per step
     if x.device.type == 'cpu' and not torch.isfinite(x.sum()) and not torch.isfinite(x).all():
@@ -328,18 +368,23 @@ def _check_batch(x:torch.Tensor, cfg:SAEConfig, step:int):
 def _resume(self:SAETrainer, path, source):
     sae, payload, path = load_checkpoint(path)
     if payload.get('eval_x') is not None and 'split' not in payload:
-        raise CheckpointError(f"{path} was saved before sae_nb recorded which texts it held out, so its evaluation tokens "
-                              f"could not be kept out of training after a resume. Start a new run from its weights instead.")
-    theirs = {f.name: f.default for f in fields(SAEConfig)} | (payload.get('config') or {})  # older runs lack newer fields
-    diff = [f"{n}: checkpoint {theirs.get(n)!r}, config {getattr(self.cfg, n)!r}" for n in ARCHITECTURE_FIELDS if theirs.get(n) != getattr(self.cfg, n)]
+        raise CheckpointError(f"{path} was saved before sae_nb recorded which texts it held out, so its evaluation "
+                              f"tokens could not be kept out of training after a resume. Start a new run from its "
+                              f"weights instead.")
+    # older runs lack newer fields
+    theirs = {f.name: f.default for f in fields(SAEConfig)} | (payload.get('config') or {})
+    diff = [f"{n}: checkpoint {theirs.get(n)!r}, config {getattr(self.cfg, n)!r}"
+            for n in ARCHITECTURE_FIELDS if theirs.get(n) != getattr(self.cfg, n)]
     if diff: raise CheckpointError(f"Cannot resume from {path}: it is an SAE of another shape ({'; '.join(diff)}). "
                                    f"Resume with the config it was trained with, or start a new run.")
     self.sae.load_state_dict(sae.state_dict())
     self.optimizer.load_state_dict(payload['optimizer'])
     if self.scaler and payload['scaler']: self.scaler.load_state_dict(payload['scaler'])
     self.state = TrainingState(**{f.name: payload[f.name] for f in fields(TrainingState) if f.name in payload})
-    if self.state.tokens_since_fired is not None: self.state.tokens_since_fired = self.state.tokens_since_fired.to(self.device)
-    if self.state.split and 'text_ids' in self.state.split: source.exclude(self.state.split)  # the same texts stay held out
+    if self.state.tokens_since_fired is not None:
+        self.state.tokens_since_fired = self.state.tokens_since_fired.to(self.device)
+    if self.state.split and 'text_ids' in self.state.split:
+        source.exclude(self.state.split)  # the same texts stay held out
     source.load_state_dict(self.state.data_position)
     _set_rng_state(payload['rng'])
     self.last_checkpoint = path
@@ -374,7 +419,7 @@ def latent_change(h:torch.Tensor, # [tokens, latent_dim] latents
 @patch
 @torch.no_grad()
 def evaluate_batch(self:SAETrainer, batch:Batch, batch_size:int=8192) -> dict:
-    "Held-out figures on `batch`: MSE and FVU; probe accuracy and the majority-class baseline (labels); latent change (texts)."
+    "Held-out figures on `batch`: MSE, FVU; probe accuracy, majority-class baseline (labels); latent change (texts)."
     self.sae.eval()
     sq_err = change = norm = pairs = correct = 0.0
     for i in range(0, len(batch), batch_size):
@@ -385,7 +430,8 @@ def evaluate_batch(self:SAETrainer, batch:Batch, batch_size:int=8192) -> dict:
             lab = b.labels >= 0
             correct += float((self.sae.probe(out.h[lab]).argmax(-1) == b.labels[lab]).sum())
         if b.sequence_ids is not None and b.positions is not None:
-            c, n, p = latent_change(out.h, b.sequence_ids, b.positions); change, norm, pairs = change + c, norm + n, pairs + p
+            c, n, p = latent_change(out.h, b.sequence_ids, b.positions)
+            change, norm, pairs = change + c, norm + n, pairs + p
     self.sae.train()
     x = batch.acts.float()
     r = dict(eval_loss=sq_err / x.numel(), eval_fvu=sq_err / float((x - x.mean(0)).pow(2).sum().clamp(min=1e-12)))
@@ -429,7 +475,8 @@ def begin(self:SAETrainer, source, first, # its first batch (None when resuming)
             d = {k: (v.cpu() if v is not None else None) for k, v in eval_data.as_dict().items()}
             s.eval_x, s.eval_meta = d.pop('acts').float(), d
         if eval_data is not None or source.split: s.split = source.split or {'tokens': len(eval_data), 'given': True}
-    self._autocast = (lambda: torch.autocast(self.device.type, dtype=getattr(torch, cfg.amp_dtype))) if cfg.use_amp else nullcontext
+    amp = lambda: torch.autocast(self.device.type, dtype=getattr(torch, cfg.amp_dtype))
+    self._autocast = amp if cfg.use_amp else nullcontext
     self._t_log, self._steps_since_log = time.perf_counter(), 0
     self._emit('on_start')
 
@@ -446,7 +493,8 @@ def step(self:SAETrainer, batch # a `Batch` or a [batch, input_dim] tensor, on t
         batch = Batch(*(t.pin_memory() if t is not None else None for t in batch._parts()))
     batch = batch.to(self.device, non_blocking=True)
     x = batch.acts
-    for g in self.optimizer.param_groups: g['lr'] = cfg.learning_rate * lr_factor(s.step, cfg.warmup_steps, cfg.lr_schedule, self.total_steps)
+    lr = cfg.learning_rate * lr_factor(s.step, cfg.warmup_steps, cfg.lr_schedule, self.total_steps)
+    for g in self.optimizer.param_groups: g['lr'] = lr
     dead_mask = s.tokens_since_fired >= cfg.dead_feature_window if s.any_dead else None
     par = self.parallel
     out, terms, total = train_step(self.sae, self.optimizer, batch, dead_mask, self._autocast, self.scaler,
@@ -479,8 +527,8 @@ def _resample(self:SAETrainer, x, out):
 def _log(self:SAETrainer, x, out, terms, total):
     s = self.state
     if not torch.isfinite(total.detach()):
-        raise FloatingPointError(f"The loss became {total.item()} at step {s.step}. Lower learning_rate or check the data; "
-                                 f"the last checkpoint ({self.last_checkpoint}) is intact.")
+        raise FloatingPointError(f"The loss became {total.item()} at step {s.step}. Lower learning_rate or check the "
+                                 f"data; the last checkpoint ({self.last_checkpoint}) is intact.")
     m = self._metrics(x, out, terms, total, self._steps_since_log, time.perf_counter() - self._t_log)
     for k, v in asdict(m).items(): s.history[k].append(v)
     self._emit('on_log', m)
@@ -490,8 +538,8 @@ def _log(self:SAETrainer, x, out, terms, total):
 def finish(self:SAETrainer):
     "End the run: a last evaluation if the final step had none, then the callbacks' `on_end` (the last checkpoint)."
     s = self.state
-    if self.cfg.eval_every and s.eval_x is not None and (not s.eval_history['step'] or s.eval_history['step'][-1] != s.step):
-        self._evaluate()
+    evaluated_last_step = bool(s.eval_history['step']) and s.eval_history['step'][-1] == s.step
+    if self.cfg.eval_every and s.eval_x is not None and not evaluated_last_step: self._evaluate()
     self._emit('on_end')
 
 # %% ../nbs/05_trainer.ipynb #6d506800
@@ -533,23 +581,26 @@ def train_sae(model, # a model, or a name for `load_model` ('smollm2', 'minilm',
               labels:Optional[list]=None, # one per text: its class, or a list of classes per token (for the probe)
              ) -> SAETrainer:
     "Capture (or stream) `layer` of `model` over `texts` and train an SAE on it; returns the trainer."
-    from sae_nb.data import load_model, load_texts, ActivationStore, ActivationShardDataset, StreamingActivations, collect_activations
+    from sae_nb.data import (load_model, load_texts, ActivationStore, ActivationShardDataset, StreamingActivations,
+                             collect_activations)
     model_name = model if isinstance(model, str) else type(model).__name__
     if isinstance(model, str): model, tokenizer = load_model(model)
     if tokenizer is None: raise ValueError("train_sae: pass the model's tokenizer (or give the model by name).")
     texts = texts if isinstance(texts, list) else load_texts(texts)
-    src_kw = dict(batch_size=config.batch_size, epochs=config.max_epochs, seed=config.seed, run_length=config.run_length)
+    src_kw = dict(batch_size=config.batch_size, epochs=config.max_epochs, seed=config.seed,
+                  run_length=config.run_length)
     if mode == 'capture':
         st = ActivationStore(store)
         run_id = st.capture(model, tokenizer, texts, layers=layer, model_name=model_name, max_length=max_length,
                             text_batch_size=config.text_batch_size, progress=progress, labels=labels)
         source = ActivationShardDataset(st, run_id, **src_kw)
     elif mode == 'memory':
-        cap = collect_activations(model, tokenizer, texts, layer, max_length, config.text_batch_size, progress=progress, labels=labels)
+        cap = collect_activations(model, tokenizer, texts, layer, max_length, config.text_batch_size,
+                                  progress=progress, labels=labels)
         source = InMemoryActivations(cap, **src_kw)
     elif mode == 'stream':
-        source = StreamingActivations(model, tokenizer, texts, layer, max_length, config.text_batch_size, progress=False,
-                                      labels=labels, **src_kw)
+        source = StreamingActivations(model, tokenizer, texts, layer, max_length, config.text_batch_size,
+                                      progress=False, labels=labels, **src_kw)
     else: raise ValueError(f"mode={mode!r}: use 'capture', 'memory' or 'stream'.")
     return SAETrainer(config, progress=progress).train(source)
 
@@ -560,7 +611,8 @@ from sae_nb.config import SAEConfig
 from sae_nb.trainer import SAETrainer
 cfg, steps = SAEConfig(**json.loads(sys.argv[1])), int(sys.argv[2])
 dev = torch.device(cfg.device)
-x = torch.randn(cfg.batch_size * (3 + steps), cfg.input_dim, device=dev)  # on a GPU the data is resident: no copies timed
+# on a GPU the data is resident: no copies timed
+x = torch.randn(cfg.batch_size * (3 + steps), cfg.input_dim, device=dev)
 tr = SAETrainer(cfg, progress=False)
 tr.train(x[:cfg.batch_size * 3])
 if dev.type == 'cuda': torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats()
@@ -568,15 +620,17 @@ t = time.perf_counter()
 tr.train(x[cfg.batch_size * 3:])
 if dev.type == 'cuda': torch.cuda.synchronize()
 took = time.perf_counter() - t
-peak = torch.cuda.max_memory_allocated() / 2**20 if dev.type == 'cuda' else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+if dev.type == 'cuda': peak = torch.cuda.max_memory_allocated() / 2**20
+else: peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 print(json.dumps({'tokens_per_s': cfg.batch_size * steps / took, 'step_ms': 1000 * took / steps, 'peak_mb': peak}))
 '''
 
 def benchmark_training(cfg:SAEConfig, steps:int=20, device:str='cpu') -> dict:
-    "Tokens/s, ms per step and peak memory (MB; the GPU's on CUDA) of training `cfg` on random activations, in a fresh process."
+    "Tokens/s, ms per step, peak memory (MB; the GPU's on CUDA) of training `cfg` on random data, in a fresh process."
     import json, subprocess, sys
     c = {**cfg.to_dict(), 'max_epochs': 1, 'eval_every': 0, 'checkpoint_every': 0, 'warmup_steps': 0,
          'checkpoint_dir': tempfile.mkdtemp(), 'log_every': 10**9, 'device': device}
-    res = subprocess.run([sys.executable, '-c', BENCH_SCRIPT, json.dumps(c), str(steps)], capture_output=True, text=True)
+    res = subprocess.run([sys.executable, '-c', BENCH_SCRIPT, json.dumps(c), str(steps)],
+                         capture_output=True, text=True)
     if res.returncode: raise RuntimeError(res.stderr[-2000:])
     return json.loads(res.stdout.strip().splitlines()[-1])

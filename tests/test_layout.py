@@ -91,3 +91,25 @@ def test_exported_code_has_no_undefined_names():
     for py in sorted((ROOT/'sae_nb').glob('*.py')): checkPath(str(py), Reporter(out, out))
     undefined = [l for l in out.getvalue().splitlines() if 'undefined name' in l]
     assert not undefined, '\n'.join(undefined)
+
+def test_code_lines_fit_in_120_characters():
+    "Notebooks are read as pages: no line of code runs past 120 characters."
+    long = [f"{nb.relative_to(NBS)}: {line.strip()[:70]!r} ({len(line)})" for nb in notebooks()
+            for c in json.loads(nb.read_text())['cells'] if c['cell_type'] == 'code'
+            for line in ''.join(c['source']).splitlines() if len(line) > 120]
+    assert not long, f"{len(long)} lines over 120 characters:\n" + '\n'.join(long[:40])
+
+MACHINE_PATH = re.compile(r'(?<![\w.])(?:/tmp/|/work/|/home/|/root/|/Users/|[A-Z]:\\\\)')
+
+def test_committed_outputs_hold_no_machine_paths():
+    "What a notebook shows must not depend on where it ran: no temporary folders or home directories in its outputs."
+    found = [f"{nb.relative_to(NBS)} cell {i}: {m.string[max(0, m.start() - 30):m.end() + 30]!r}"
+             for nb in notebooks() for i, c in enumerate(json.loads(nb.read_text())['cells'])
+             for o in c.get('outputs', []) for m in [MACHINE_PATH.search(json.dumps(o))] if m]
+    assert not found, '\n'.join(found)
+
+def test_no_control_characters_in_notebook_text():
+    r"A TeX `\frac` or `\bar` written through a Python string without r'' becomes a form feed or a backspace."
+    bad = [f"{nb.relative_to(NBS)} cell {c.get('id')}: {ch!r}" for nb in notebooks() for c in json.loads(nb.read_text())['cells']
+           for ch in set(''.join(c['source'])) if ord(ch) < 32 and ch not in '\n\t']
+    assert not bad, '\n'.join(bad)
