@@ -16,16 +16,17 @@ from fastcore.basics import patch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .config import SAEConfig, ConfigError, TOPK_STYLE, atomic_path, atomic_write_text, pick_device
+from .config import SAEConfig, ConfigError, atomic_path, atomic_write_text, pick_device
 from .losses import (batch_variance, normalized_mse, l1_penalty, decorrelation_loss, auxk_loss,
                            auxk_residual_loss, ghost_grads_loss, probe_loss, temporal_smoothness_loss)
 from .kernels import sparse_topk_encode, topk_select, encode_at, triton_decode, fast_sparse_decode
 
 # %% auto #0
-__all__ = ['ACTIVATION_REGISTRY', 'LOSS_NAMES', 'Encoded', 'Activation', 'register_activation', 'SAEOutput', 'SparseAutoencoder',
-           'sparse_decode', 'dense_decode', 'l1_sparsity', 'relu_encode', 'scatter_latents', 'topk_encode_sparse',
-           'topk_encode', 'dense_twin', 'batchtopk_encode', 'l0_sparsity', 'jumprelu_encode', 'geometric_median',
-           'sparse_auxk_loss', 'TopKSae', 'CheckpointError']
+__all__ = ['VARIANTS', 'ACTIVATION_REGISTRY', 'register_activation', 'Activation', 'LOSS_NAMES', 'Encoded', 'Variant',
+           'register_variant', 'SAEOutput', 'SparseAutoencoder', 'sparse_decode', 'dense_decode', 'l1_sparsity',
+           'ghost_terms', 'relu_encode', 'scatter_latents', 'topk_encode_sparse', 'auxk_terms', 'topk_encode',
+           'dense_twin', 'batchtopk_encode', 'l0_sparsity', 'jumprelu_encode', 'GatedSettings', 'gated_sparsity',
+           'gated_aux_terms', 'gated_encode', 'geometric_median', 'sparse_auxk_loss', 'TopKSae', 'CheckpointError']
 
 # %% ../nbs/02_architecture.ipynb #c3db781c
 class Encoded(NamedTuple):
@@ -34,21 +35,27 @@ class Encoded(NamedTuple):
     top_vals: Optional[torch.Tensor] = None # [batch, k] values of the active latents (top-k style only)
     top_idx: Optional[torch.Tensor] = None # [batch, k] their indices
     groups: Optional[tuple] = None # sparse paths: `kernels.group_by_latent(top_idx)`, shared by both backward passes
+    extras: Optional[dict] = None # what a variant's own loss terms need from its encoder (a gate's pre-activations)
 
 @dataclass(frozen=True)
-class Activation:
-    "A registry entry: how one SAE variant turns pre-activations into latents."
+class Variant:
+    "A registry entry: everything that makes one SAE variant what it is."
     encode: Callable # (sae, pre [batch, latent_dim]) -> Encoded
     setup: Optional[Callable] = None # (sae) -> None: add the variant's own parameters or buffers
     sparsity: Optional[Callable] = None # (sae, pre, h, sigma) -> scalar penalty, or None if sparsity is structural
     encode_sparse: Optional[Callable] = None # (sae, x) -> Encoded with no dense pre-activations (kernels sparse/triton)
+    losses: Optional[Callable] = None # (sae, x, x_hat, h, **context) -> {name: (weight, scalar)}: terms of its own
+    settings: Optional[type] = None # a dataclass of its own settings, given as `SAEConfig.variant_settings`
+    topk_style: bool = False # keeps k latents per token: k must fit in latent_dim, and AuxK revives dead latents
 
-ACTIVATION_REGISTRY: dict[str, Activation] = {}
+VARIANTS: dict[str, Variant] = {}
 
-def register_activation(name:str, **kwargs):
-    "Decorator: register the decorated encode function as activation `name`."
-    def _reg(encode): ACTIVATION_REGISTRY[name] = Activation(encode, **kwargs); return encode
+def register_variant(name:str, **kwargs):
+    "Decorator: register the decorated encode function as variant `name` (the other parts as `Variant` fields)."
+    def _reg(encode): VARIANTS[name] = Variant(encode, **kwargs); return encode
     return _reg
+
+ACTIVATION_REGISTRY, register_activation, Activation = VARIANTS, register_variant, Variant  # the names before variants
 
 # %% ../nbs/02_architecture.ipynb #13156ba9
 class SAEOutput:
@@ -58,9 +65,10 @@ class SAEOutput:
                  pre_acts:Optional[torch.Tensor], # [batch, latent_dim] before the activation (None on the sparse paths)
                  top_vals:Optional[torch.Tensor]=None, # [batch, k] top-k style: active values
                  top_idx:Optional[torch.Tensor]=None, # [batch, k] top-k style: active indices
-                 latent_dim:Optional[int]=None): # needed when `h` is None
+                 latent_dim:Optional[int]=None, # needed when `h` is None
+                 extras:Optional[dict]=None): # the variant's own intermediate values (`Encoded.extras`)
         self.x_hat, self._h, self.pre_acts = x_hat, h, pre_acts
-        self.top_vals, self.top_idx, self._latent_dim = top_vals, top_idx, latent_dim
+        self.top_vals, self.top_idx, self._latent_dim, self.extras = top_vals, top_idx, latent_dim, extras or {}
 
     @property
     def h(self) -> torch.Tensor:
@@ -77,8 +85,8 @@ class SparseAutoencoder(nn.Module):
                  device=None, # overrides `config.device`
                 ):
         super().__init__()
-        if config.activation not in ACTIVATION_REGISTRY:
-            raise ConfigError(f"No activation {config.activation!r}; registered: {', '.join(ACTIVATION_REGISTRY)}.")
+        if config.activation not in VARIANTS:
+            raise ConfigError(f"No variant {config.activation!r}; registered: {', '.join(VARIANTS)}.")
         self.cfg, D, Fl = config, config.input_dim, config.latent_dim
         g = torch.Generator().manual_seed(config.seed)
         W_dec = torch.randn(Fl, D, generator=g)
@@ -95,8 +103,8 @@ class SparseAutoencoder(nn.Module):
         self.register_buffer('input_scale', torch.tensor(1.0))
         self._scale = 1.0  # the same as a Python float: read on every call without a device sync
         self.register_load_state_dict_post_hook(lambda module, keys: module._sync_scale())
-        self.activation = ACTIVATION_REGISTRY[config.activation]
-        if self.activation.setup: self.activation.setup(self)
+        self.variant = self.activation = VARIANTS[config.activation]
+        if self.variant.setup: self.variant.setup(self)
         self.to(pick_device(device or config.device))
 
     def extra_repr(self): return f"{self.cfg.input_dim} -> {self.cfg.latent_dim}, activation={self.cfg.activation}"
@@ -132,10 +140,10 @@ def encode_full(self:SparseAutoencoder, x:torch.Tensor # [batch, input_dim]
     "Pre-activations `[batch, latent_dim]` (None on the sparse paths) and `Encoded` latents of `x`."
     _check_width(self, x)
     x = self.scale_input(x)
-    if self.activation.encode_sparse and self.cfg.kernels != 'autograd':
-        return None, self.activation.encode_sparse(self, x)
+    if self.variant.encode_sparse and self.cfg.kernels != 'autograd':
+        return None, self.variant.encode_sparse(self, x)
     pre = _pre_acts(self, x)
-    return pre, self.activation.encode(self, pre)
+    return pre, self.variant.encode(self, pre)
 
 @patch
 def encode(self:SparseAutoencoder, x:torch.Tensor # [batch, input_dim]
@@ -176,14 +184,19 @@ def forward(self:SparseAutoencoder, x:torch.Tensor # [batch, input_dim]
             x_hat = decode_fn(enc.top_vals, enc.top_idx, self.W_dec, enc.groups)
         x_hat = self.unscale_output(x_hat + self.b_dec)
     else: x_hat = self.decode(enc.h)
-    return SAEOutput(x_hat, enc.h, pre, enc.top_vals, enc.top_idx, self.cfg.latent_dim)
+    return SAEOutput(x_hat, enc.h, pre, enc.top_vals, enc.top_idx, self.cfg.latent_dim, enc.extras)
 
 # %% ../nbs/02_architecture.ipynb #f7793d11
 def l1_sparsity(sae, pre, h, sigma=1.0): # sigma: the batch's spread, `batch_variance(x).sqrt()`
     "The L1 penalty of `03_losses` over σ, weighted by decoder norms when `cfg.l1_weight_by_decoder_norm`."
     return l1_penalty(h, sae.W_dec.norm(dim=-1) if sae.cfg.l1_weight_by_decoder_norm else None) / sigma
 
-@register_activation('relu', sparsity=l1_sparsity)
+def ghost_terms(sae, x, x_hat, h, *, pre_acts=None, dead_mask=None, **context):
+    "Ghost gradients for dead latents (`cfg.use_ghost_grads`), once some latent is dead."
+    if not sae.cfg.use_ghost_grads or dead_mask is None or pre_acts is None: return {}
+    return {'ghost_loss': (1.0, ghost_grads_loss(x, x_hat, pre_acts, dead_mask, sae.W_dec))}
+
+@register_variant('relu', sparsity=l1_sparsity, losses=ghost_terms)
 def relu_encode(sae, pre):
     return Encoded(F.relu(pre) if sae.cfg.use_relu else pre)
 
@@ -198,7 +211,16 @@ def topk_encode_sparse(sae, x):
                                            use_triton=sae.cfg.kernels == 'triton')
     return Encoded(None, vals, idx, groups)
 
-@register_activation('topk', encode_sparse=topk_encode_sparse)
+def auxk_terms(sae, x, x_hat, h, *, pre_acts=None, dead_mask=None, **context):
+    "AuxK (Gao et al. 2024, §A.2): the top dead latents reconstruct the residual, once some latent is dead."
+    c = sae.cfg
+    if dead_mask is None or not c.auxk_coeff: return {}
+    if pre_acts is not None:
+        return {'auxk_loss': (c.auxk_coeff, auxk_loss(x, x_hat, pre_acts, dead_mask, sae.W_dec, c.aux_k))}
+    if sae.variant.encode_sparse: return {'auxk_loss': (c.auxk_coeff, sparse_auxk_loss(sae, x, x_hat, dead_mask))}
+    return {}
+
+@register_variant('topk', encode_sparse=topk_encode_sparse, losses=auxk_terms, topk_style=True)
 def topk_encode(sae, pre):
     vals, idx = pre.topk(sae.cfg.k, dim=-1, sorted=False)
     vals = F.relu(vals)
@@ -216,7 +238,7 @@ def _batchtopk_setup(sae):
     sae.register_buffer('threshold', torch.tensor(-1.0))  # -1: not estimated yet
     sae.threshold_beta = 0.99  # running-mean factor for θ
 
-@register_activation('batchtopk', setup=_batchtopk_setup)
+@register_variant('batchtopk', setup=_batchtopk_setup, losses=auxk_terms, topk_style=True)
 def batchtopk_encode(sae, pre):
     acts = F.relu(pre)
     if sae.training or sae.threshold < 0:
@@ -267,9 +289,40 @@ def l0_sparsity(sae, pre, h, sigma=1.0): # a count: the same at any scale, so si
     if pre is None: raise ValueError("The jumprelu L0 penalty needs the pre-activations: pass pre_acts=out.pre_acts.")
     return _Step.apply(pre, sae.log_threshold.exp(), sae.cfg.jumprelu_bandwidth).sum(-1).mean()
 
-@register_activation('jumprelu', setup=_jumprelu_setup, sparsity=l0_sparsity)
+@register_variant('jumprelu', setup=_jumprelu_setup, sparsity=l0_sparsity)
 def jumprelu_encode(sae, pre):
     return Encoded(_JumpReLU.apply(pre, sae.log_threshold.exp(), sae.cfg.jumprelu_bandwidth))
+
+# %% ../nbs/02_architecture.ipynb #bf5c355b
+@dataclass(frozen=True)
+class GatedSettings:
+    "The Gated variant's own settings."
+    aux_coeff:float = 1.0 # weight of the auxiliary reconstruction from the gate through a frozen decoder
+    def __post_init__(self):
+        if not isinstance(self.aux_coeff, (int, float)) or self.aux_coeff < 0:
+            raise ValueError(f"aux_coeff={self.aux_coeff!r} must be a number ≥ 0.")
+
+def _gated_setup(sae):
+    sae.r_mag = nn.Parameter(torch.zeros(sae.cfg.latent_dim))  # magnitudes start as the gate's directions
+    sae.b_mag = nn.Parameter(torch.zeros(sae.cfg.latent_dim))
+
+def gated_sparsity(sae, pre, h, sigma=1.0):
+    "L1 of the gate's ReLU, weighted by decoder norms, over σ."
+    return l1_penalty(F.relu(pre), sae.W_dec.norm(dim=-1)) / sigma
+
+def gated_aux_terms(sae, x, x_hat, h, *, pre_acts=None, variance=None, **context):
+    "The gate alone, decoded by a frozen decoder, must reconstruct the input."
+    weight = sae.cfg.variant.aux_coeff
+    if not weight: return {}
+    if pre_acts is None:
+        raise ValueError("The gated auxiliary loss needs the pre-activations: pass pre_acts=out.pre_acts.")
+    gate_hat = F.relu(pre_acts) @ sae.W_dec.detach() + sae.b_dec.detach()
+    return {'gate_aux_loss': (weight, normalized_mse(x, gate_hat, variance))}
+
+@register_variant('gated', setup=_gated_setup, sparsity=gated_sparsity, losses=gated_aux_terms, settings=GatedSettings)
+def gated_encode(sae, pre):
+    magnitude = F.relu((pre - sae.b_enc) * sae.r_mag.exp() + sae.b_mag)
+    return Encoded((pre > 0).to(pre.dtype) * magnitude)
 
 # %% ../nbs/02_architecture.ipynb #7cb2fd9d
 @torch.no_grad()
@@ -339,6 +392,7 @@ def sparse_auxk_loss(sae:SparseAutoencoder, x, x_hat, dead_mask) -> torch.Tensor
     vals = encode_at(vals, idx, x, sae.W_enc, sae.b_enc, sae.b_dec, use_triton=sae.cfg.kernels == 'triton')
     return auxk_residual_loss(x, x_hat, vals, idx, sae.W_dec, min(len(dead) / k_aux, 1.0))
 
+# the terms always reported (0.0 when off); a variant's own terms come beside them
 LOSS_NAMES = ('recon_loss', 'l1_loss', 'decorr_loss', 'probe_loss', 'temporal_loss', 'auxk_loss', 'ghost_loss')
 
 def _need(value, what:str, term:str, fix:str):
@@ -353,13 +407,14 @@ def loss_terms(self:SparseAutoencoder, x, x_hat, h, # [batch, input_dim], [batch
                sequence_ids=None, # [batch] the text of each token, for temporal smoothness
                positions=None, # [batch] the position of each token in its text, for temporal smoothness
                variance=None, # σ², the unit of every term (default: `batch_variance(x)`; data-parallel: the global one)
+               out=None, # the forward's `SAEOutput`, for a variant's own terms
               ) -> dict:
     "The active loss terms as `{name: (weight, scalar tensor)}`, each on the scale of the batch's variance."
     c, terms = self.cfg, {}
     var = batch_variance(x.detach().float()) if variance is None else variance
     if c.reconstruction_coeff: terms['recon_loss'] = (c.reconstruction_coeff, normalized_mse(x, x_hat, var))
-    if c.l1_penalty_coeff and self.activation.sparsity:
-        terms['l1_loss'] = (c.l1_penalty_coeff, self.activation.sparsity(self, pre_acts, h, var.sqrt()))
+    if c.l1_penalty_coeff and self.variant.sparsity:
+        terms['l1_loss'] = (c.l1_penalty_coeff, self.variant.sparsity(self, pre_acts, h, var.sqrt()))
     if c.decorrelation_coeff: terms['decorr_loss'] = (c.decorrelation_coeff, decorrelation_loss(self.W_dec))
     if c.probe_loss_coeff:
         labels = _need(labels, 'a label', 'probe_loss_coeff > 0', 'give the texts labels (04_data)')
@@ -369,28 +424,24 @@ def loss_terms(self:SparseAutoencoder, x, x_hat, h, # [batch, input_dim], [batch
         seq, pos = (_need(t, 'a text id and a position', 'temporal_smoothness_coeff > 0', fix)
                     for t in (sequence_ids, positions))
         terms['temporal_loss'] = (c.temporal_smoothness_coeff, temporal_smoothness_loss(h, seq, pos) / var)
-    if dead_mask is not None and c.activation in TOPK_STYLE and c.auxk_coeff:
-        if pre_acts is not None:
-            terms['auxk_loss'] = (c.auxk_coeff, auxk_loss(x, x_hat, pre_acts, dead_mask, self.W_dec, c.aux_k))
-        elif self.activation.encode_sparse:
-            terms['auxk_loss'] = (c.auxk_coeff, sparse_auxk_loss(self, x, x_hat, dead_mask))
-    if dead_mask is not None and pre_acts is not None:
-        if c.activation == 'relu' and c.use_ghost_grads:
-            terms['ghost_loss'] = (1.0, ghost_grads_loss(x, x_hat, pre_acts, dead_mask, self.W_dec))
+    if self.variant.losses:  # the variant's own terms (AuxK, ghost grads, a gate's auxiliary loss, ...)
+        terms.update(self.variant.losses(self, x, x_hat, h, pre_acts=pre_acts, dead_mask=dead_mask, labels=labels,
+                                         sequence_ids=sequence_ids, positions=positions, variance=var, out=out))
     return terms
 
 @patch
 def needs_dense_latents(self:SparseAutoencoder) -> bool:
-    "Whether `loss_terms` reads the dense latents `h` (the sparse top-k paths avoid building them otherwise)."
+    "Whether `loss_terms` gets the dense latents `h` (sparse top-k paths skip building them when nothing reads them)."
     c = self.cfg
-    return bool(self.activation.sparsity and c.l1_penalty_coeff or c.probe_loss_coeff or c.temporal_smoothness_coeff)
+    if not (self.variant.encode_sparse and c.kernels != 'autograd'): return True  # dense anyway: free to pass
+    return bool(self.variant.sparsity and c.l1_penalty_coeff or c.probe_loss_coeff or c.temporal_smoothness_coeff)
 
 @patch
 def compute_loss_components(self:SparseAutoencoder, x, x_hat, h, **kwargs) -> dict:
-    "Each loss term as a float (0.0 when off), `total_loss`, and `total_loss_tensor` to back-propagate."
+    "Each loss term as a float (0.0 for a core term that is off), `total_loss`, and `total_loss_tensor`."
     terms = self.loss_terms(x, x_hat, h, **kwargs)
     total = sum(w * v for w, v in terms.values()) if terms else x.new_zeros(())
-    res = {name: float(terms[name][1].detach()) if name in terms else 0.0 for name in LOSS_NAMES}
+    res = {**dict.fromkeys(LOSS_NAMES, 0.0), **{name: float(v.detach()) for name, (w, v) in terms.items()}}
     return {**res, "total_loss": float(total.detach()), "total_loss_tensor": total}
 
 # %% ../nbs/02_architecture.ipynb #4644fbb0

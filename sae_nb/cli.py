@@ -94,6 +94,15 @@ def _base_config(config:Optional[str], model:str) -> tuple:
     if config: return SAEConfig.load(config), True
     return (preset_config(model, **SHORT_RUN) if model in PRESETS else SAEConfig(**SHORT_RUN)), False
 
+def _json_flag(text:Optional[str], flag:str) -> Optional[dict]:
+    "A flag whose value is a JSON object."
+    if text is None: return None
+    try: value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{flag} {text!r} is not JSON ({e.msg}); e.g. '{{\"aux_coeff\": 0.5}}'.") from None
+    if not isinstance(value, dict): raise ConfigError(f"{flag} must be a JSON object of settings, not {text!r}.")
+    return value
+
 def _apply_flags(cfg:SAEConfig, flags:dict) -> SAEConfig:
     "Override `cfg` with the flags that were given (not None)."
     names = dict(l1_coef='l1_penalty_coeff', temporal_coef='temporal_smoothness_coeff')
@@ -341,7 +350,8 @@ def sae_train(model:str='smollm2', # model to capture from: a built-in name, a f
               mode:str='capture', # capture: store the activations first (reused next time)
               outlier_norm_ratio:float=10.0, # drop tokens (attention sinks) above this × the median norm; 0 keeps all
               config:str=None, # a cfg.json to start from; the flags below override it
-              activation:str=None, # relu, topk, batchtopk or jumprelu
+              activation:str=None, # the SAE variant: relu, topk, batchtopk, jumprelu, gated, or one you registered
+              variant_settings:str=None, # the variant's own settings as JSON, e.g. '{"aux_coeff": 0.5}' for gated
               expansion_factor:float=None, # latents per input dimension
               k:int=None, # active latents per token (topk, batchtopk)
               l1_coef:float=None, # sparsity penalty weight (relu, jumprelu)
@@ -367,7 +377,9 @@ def sae_train(model:str='smollm2', # model to capture from: a built-in name, a f
     _check_out(out)
     cfg, user_dim = _base_config(config, model)
     if temporal_coef and run_length is None: run_length = max(cfg.run_length, 16)
-    cfg = _apply_flags(cfg, dict(activation=activation, expansion_factor=expansion_factor, k=k, l1_coef=l1_coef,
+    own = _json_flag(variant_settings, '--variant-settings')
+    cfg = _apply_flags(cfg, dict(activation=activation, variant_settings=own,
+                                 expansion_factor=expansion_factor, k=k, l1_coef=l1_coef,
                                  temporal_coef=temporal_coef, run_length=run_length,
                                  normalize_activations=normalize_activations, batch_size=batch_size,
                                  learning_rate=learning_rate, max_epochs=max_epochs, max_steps=max_steps, device=device,

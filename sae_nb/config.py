@@ -14,9 +14,9 @@ import torch
 from fastcore.basics import patch
 
 # %% auto #0
-__all__ = ['ACTIVATIONS', 'TOPK_STYLE', 'PRESETS', 'normal_permissions', 'atomic_path', 'atomic_write_text', 'ConfigError',
-           'setting', 'field_help', 'SAEConfig', 'pick_device', 'preset_config', 'gpt2_sae_config',
-           'gpt2_medium_sae_config', 'pythia_1_4b_sae_config', 'smollm2_sae_config', 'minilm_sae_config']
+__all__ = ['PRESETS', 'normal_permissions', 'atomic_path', 'atomic_write_text', 'ConfigError', 'variants', 'setting',
+           'field_help', 'SAEConfig', 'pick_device', 'preset_config', 'gpt2_sae_config', 'gpt2_medium_sae_config',
+           'pythia_1_4b_sae_config', 'smollm2_sae_config', 'minilm_sae_config']
 
 # %% ../nbs/01_config.ipynb #6ec1a47c
 def _umask() -> int:
@@ -52,8 +52,10 @@ def atomic_write_text(path:str|Path, text:str):
 class ConfigError(ValueError):
     "A setting is missing, of the wrong type or out of its allowed range."
 
-ACTIVATIONS = ('relu', 'topk', 'batchtopk', 'jumprelu') # the SAE activations; each is a section of 02_architecture
-TOPK_STYLE = ('topk', 'batchtopk') # activations that keep k latents per token
+def variants() -> dict:
+    "The registered SAE variants by name (each a section of 02_architecture, or registered by your own code)."
+    from sae_nb.architecture import VARIANTS  # the registry lives with the variants; read when a config is checked
+    return VARIANTS
 
 # %% ../nbs/01_config.ipynb #c83ad259
 def setting(default, help:str):
@@ -85,6 +87,8 @@ class SAEConfig:
                                 "labels (0: no probe)")
     normalize_activations:str = setting('none', "none, or expected_average_only_in: scale inputs to a mean squared "
                                         "norm of input_dim (estimated once, saved, folded on export)")
+    variant_settings:Optional[dict] = setting(None, "the variant's own settings by name (its section of "
+                                              "02_architecture lists them); None: its defaults")
     # loss weights
     reconstruction_coeff:float = setting(1.0, "weight of the reconstruction (MSE) loss")
     l1_penalty_coeff:float = setting(0.0, "weight of the sparsity penalty: L1 for relu, the L0 estimate for jumprelu")
@@ -140,6 +144,11 @@ class SAEConfig:
     def latent_dim(self) -> int: return round(self.input_dim * self.expansion_factor)
     @property
     def aux_k(self) -> int: return self.k_aux if self.k_aux is not None else max(1, self.input_dim // 2)
+    @property
+    def variant(self):
+        "The variant's own settings, defaults filled in (None for a variant without settings)."
+        spec = variants()[self.activation]
+        return spec.settings(**(self.variant_settings or {})) if spec.settings else None
 
 # %% ../nbs/01_config.ipynb #561b4c65
 def _type_ok(value, anno) -> bool:
@@ -167,6 +176,18 @@ def _need(ok:bool, cfg, name:str, rule:str):
     "Raise a `ConfigError` naming field `name`, its value and the `rule` it breaks, unless `ok`."
     if not ok: raise ConfigError(f"SAEConfig.{name}={getattr(cfg, name)!r} is out of range: {rule}.")
 
+def _check_variant_settings(cfg, spec):
+    "The variant's settings are its own dataclass's fields, each valid (its `__post_init__` says what is not)."
+    given, name = cfg.variant_settings or {}, cfg.activation
+    own = [f.name for f in fields(spec.settings)] if spec.settings else []
+    unknown = sorted(set(given) - set(own))
+    if unknown: raise ConfigError(f"SAEConfig.variant_settings has {', '.join(map(repr, unknown))}, which the {name} "
+                                  f"variant does not have; its settings: {', '.join(own) or 'none'}.")
+    if spec.settings:
+        try: settings = spec.settings(**given)
+        except (ValueError, TypeError) as e: raise ConfigError(f"SAEConfig.variant_settings for {name}: {e}") from None
+        if hasattr(settings, 'check'): settings.check(cfg)  # checks that need the rest of the config (e.g. latent_dim)
+
 def _one_of(cfg, name, choices):
     _need(getattr(cfg, name) in choices, cfg, name, f"use one of {', '.join(choices)}")
 
@@ -175,10 +196,11 @@ def _validate(cfg):
     _need(cfg.input_dim >= 1, cfg, 'input_dim', "it must be at least 1")
     _need(cfg.expansion_factor > 0 and cfg.latent_dim >= 1, cfg, 'expansion_factor',
           "it must be > 0 and give at least one latent")
-    _one_of(cfg, 'activation', ACTIVATIONS)
-    if cfg.activation in TOPK_STYLE:
+    _one_of(cfg, 'activation', tuple(variants()))
+    if variants()[cfg.activation].topk_style:
         _need(1 <= cfg.k <= cfg.latent_dim, cfg, 'k',
               f"it must be between 1 and latent_dim={cfg.latent_dim}; lower k or raise expansion_factor")
+    _check_variant_settings(cfg, variants()[cfg.activation])
     for f in fields(cfg):
         if f.name.endswith('_coeff'): _need(getattr(cfg, f.name) >= 0, cfg, f.name, "a loss weight must be ≥ 0")
     for name in ('jumprelu_threshold', 'jumprelu_bandwidth', 'learning_rate'):

@@ -47,7 +47,7 @@ def _build(activation:str, tensors:dict, source, k:int=32, settings:Optional[dic
 
 # %% ../nbs/02b_formats.ipynb #749b2d36
 _RESCALING = ('topk', 'batchtopk', 'matryoshka_batchtopk')  # SAELens reads rescale_acts_by_decoder_norm for these only
-SAELENS_ARCHITECTURES = {'standard': 'relu', 'topk': 'topk', 'jumprelu': 'jumprelu', 'gated': 'jumprelu',
+SAELENS_ARCHITECTURES = {'standard': 'relu', 'topk': 'topk', 'jumprelu': 'jumprelu', 'gated': 'gated',
                          'batchtopk': 'batchtopk', 'matryoshka_batchtopk': 'batchtopk'}
 _SAELENS_ARITHMETIC = {'architecture', 'd_in', 'd_sae', 'dtype', 'apply_b_dec_to_input', 'normalize_activations',
                        'rescale_acts_by_decoder_norm', 'k', 'activation_fn', 'activation_fn_str',
@@ -129,11 +129,7 @@ def _saelens_tensors(lens:dict, t:dict, folder:Path, source) -> dict:
     # the weights SAELens runs (in the cfg's dtype); folded in float64
     t = {n: v.to(dtype).double() for n, v in t.items()}
     arch = lens['architecture']
-    if arch == 'gated':  # gate: x·W + b_gate > 0  ⇔  magnitude x·W·e^r + b_mag > b_mag − e^r·b_gate
-        mag = t.pop('r_mag').exp()
-        t['W_enc'], gate = t['W_enc'] * mag, t.pop('b_gate')
-        t['b_enc'] = t.pop('b_mag')
-        t['threshold'] = t['b_enc'] - mag * gate
+    if arch == 'gated': t['b_enc'] = t.pop('b_gate')  # the gate's bias is our b_enc
     if 'scaling_factor' in t:  # pre-6: latents × s before decoding; SAELens drops an all-ones one saved by mistake
         s = t.pop('scaling_factor')
         if lens.get('finetuning_scaling_factor'): t['W_dec'] = t['W_dec'] * s[:, None]
@@ -144,6 +140,7 @@ def _saelens_tensors(lens:dict, t:dict, folder:Path, source) -> dict:
     if not lens.get('apply_b_dec_to_input', True):  # x·W + b  =  (x − b_dec)·W + (b + b_dec·W)
         shift = t['b_dec'] @ t['W_enc']
         t['b_enc'] = t['b_enc'] + shift  # the pre-activations are unchanged, so a threshold stays as it is
+        if arch == 'gated': t['b_mag'] = t['b_mag'] + shift * t['r_mag'].exp()  # the magnitude path, likewise
     # pre·n picks the latents, divided by n to decode
     if lens.get('rescale_acts_by_decoder_norm') and arch in _RESCALING:
         n = t['W_dec'].norm(dim=-1)
@@ -199,7 +196,7 @@ def load_saelens(cls:SparseAutoencoder, path:str|Path, # a folder with SAELens' 
     return sae.to(pick_device(device or sae.cfg.device))
 
 # %% ../nbs/02b_formats.ipynb #ea979574
-_TO_SAELENS = {'relu': 'standard', 'topk': 'topk', 'batchtopk': 'jumprelu', 'jumprelu': 'jumprelu'}
+_TO_SAELENS = {'relu': 'standard', 'topk': 'topk', 'batchtopk': 'jumprelu', 'jumprelu': 'jumprelu', 'gated': 'gated'}
 SAELENS_FORMAT_VERSION = '6.0.0'  # the SAELens layout these files follow
 
 def _saelens_export_tensors(sae:SparseAutoencoder) -> dict:
@@ -214,6 +211,9 @@ def _saelens_export_tensors(sae:SparseAutoencoder) -> dict:
         if float(sae.threshold) < 0: _refuse('batchtopk', "its inference threshold has not been learned yet",
                                              "Train it (or run a batch through it in training mode) first")
         t['threshold'] = torch.full((c.latent_dim,), float(sae.threshold))
+    if c.activation == 'gated':
+        t['b_gate'] = t.pop('b_enc')
+        t.update({n: getattr(sae, n).detach().float().cpu() for n in ('r_mag', 'b_mag')})
     return t
 
 @patch

@@ -21,11 +21,11 @@ from .losses import fvu, probe_loss
 from .data import ActivationSource, InMemoryActivations, Batch, Captured, as_batch, activation_scale
 
 # %% auto #0
-__all__ = ['ARCHITECTURE_FIELDS', 'BENCH_SCRIPT', 'lr_factor', 'TrainingMetrics', 'TrainingState', 'update_dead_counters',
-           'fired_latents', 'resample_dead_latents', 'train_step', 'Callback', 'ProgressCallback', 'WandbCallback',
-           'checkpoint_name', 'list_checkpoints', 'latest_checkpoint', 'save_checkpoint', 'load_checkpoint',
-           'CheckpointCallback', 'SAETrainer', 'check_source', 'hold_out_eval', 'latent_change', 'train_sae',
-           'benchmark_training']
+__all__ = ['CORE_METRICS', 'ARCHITECTURE_FIELDS', 'BENCH_SCRIPT', 'lr_factor', 'TrainingMetrics', 'TrainingState',
+           'update_dead_counters', 'fired_latents', 'resample_dead_latents', 'train_step', 'Callback',
+           'ProgressCallback', 'WandbCallback', 'checkpoint_name', 'list_checkpoints', 'latest_checkpoint',
+           'save_checkpoint', 'load_checkpoint', 'CheckpointCallback', 'SAETrainer', 'check_source', 'hold_out_eval',
+           'latent_change', 'train_sae', 'benchmark_training']
 
 # %% ../nbs/05_trainer.ipynb #2771bbbd
 def lr_factor(step:int, # 0-based step
@@ -50,6 +50,13 @@ class TrainingMetrics:
     ghost_loss:float
     r2:float; fvu:float; l0:float; dead_features:int; dead_fraction:float; frac_active:float
     lr:float; time_per_step:float; tokens_per_s:float
+    terms:dict = field(default_factory=dict) # a variant's own loss terms (02_architecture), by name
+
+    def flat(self) -> dict:
+        "Every metric by name, a variant's own terms beside the others (as history, W&B and tables show them)."
+        return {**{k: v for k, v in asdict(self).items() if k != 'terms'}, **self.terms}
+
+CORE_METRICS = tuple(f.name for f in fields(TrainingMetrics) if f.name != 'terms') # what every run records
 
 @dataclass
 class TrainingState:
@@ -64,7 +71,7 @@ class TrainingState:
     eval_x:Optional[torch.Tensor] = None # [tokens, input_dim] held-out evaluation activations
     eval_meta:dict = field(default_factory=dict) # their `sequence_ids`, `positions`, `labels` ([tokens] each, or None)
     split:Optional[dict] = None # what was held out: tokens, texts, their ids (and shards); None when nothing was
-    history:dict = field(default_factory=lambda: {f.name: [] for f in fields(TrainingMetrics)}) # values at logged steps
+    history:dict = field(default_factory=lambda: {n: [] for n in CORE_METRICS}) # metric -> values at logged steps
     eval_history:dict = field(default_factory=lambda: {'step': [], 'eval_loss': [], 'eval_fvu': []}) # held-out results
 
     @property
@@ -126,7 +133,7 @@ def train_step(sae, optimizer, batch, # a `Batch` (or a [batch, input_dim] tenso
         x, x_hat = sae.scale_input(b.acts), sae.scale_input(out.x_hat.float())  # losses live in the SAE's own scale
         terms = sae.loss_terms(x, x_hat, h, pre_acts=out.pre_acts, dead_mask=dead_mask, labels=b.labels,
                                sequence_ids=b.sequence_ids, positions=b.positions,
-                               variance=global_variance(x.detach().float()) if global_variance else None)
+                               variance=global_variance(x.detach().float()) if global_variance else None, out=out)
         total = sum(w * v for w, v in terms.values())
         # the probe learns to read the latents at every probe_loss_coeff; only its term above moves the SAE
         backward = total + probe_loss(h.detach(), b.labels, sae.probe) if fit_probe else total
@@ -196,7 +203,7 @@ class WandbCallback(Callback):
                 if mode != 'online': raise
                 self.run = wandb.init(mode='offline', **kw)
                 warnings.warn(_offline_fallback_message(e, self.run), stacklevel=5)  # at train()'s caller
-    def on_log(self, trainer, m): self.run.log(asdict(m), step=m.step)
+    def on_log(self, trainer, m): self.run.log(m.flat(), step=m.step)
     def on_eval(self, trainer, r): self.run.log(r, step=trainer.state.step)  # `eval_loss`, `eval_fvu`, ...
     def on_end(self, trainer):
         h = trainer.history
@@ -394,13 +401,14 @@ def _resume(self:SAETrainer, path, source):
 def _metrics(self:SAETrainer, x, out, terms, total, steps:int, seconds:float) -> TrainingMetrics:
     dead = int((self.state.tokens_since_fired >= self.cfg.dead_feature_window).sum())
     values = {name: float(terms[name][1].detach()) if name in terms else 0.0 for name in LOSS_NAMES}
+    own = {name: float(v.detach()) for name, (w, v) in terms.items() if name not in LOSS_NAMES}  # the variant's terms
     f = fvu(x, out.x_hat.float()).item()
     l0 = self.sae.get_activation_stats(out.h)['l0']
     lr = self.optimizer.param_groups[0]['lr']
     return TrainingMetrics(step=self.state.step, tokens=self.state.tokens_seen, loss=float(total.detach()), **values,
                            r2=1 - f, fvu=f, l0=l0, dead_features=dead, dead_fraction=dead / self.cfg.latent_dim,
                            frac_active=l0 / self.cfg.latent_dim, lr=lr, time_per_step=seconds / steps,
-                           tokens_per_s=steps * x.shape[0] / seconds)
+                           tokens_per_s=steps * x.shape[0] / seconds, terms=own)
 
 @patch
 @torch.no_grad()
@@ -523,6 +531,13 @@ def _resample(self:SAETrainer, x, out):
         self.state.any_dead = False
         if self.parallel: self.parallel.broadcast(self.sae)
 
+def _record(history:dict, m:TrainingMetrics):
+    "Append one logged step; a term first seen now gets a column, NaN before (and NaN where a term is absent)."
+    n = len(history['step'])
+    for k, v in m.flat().items(): history.setdefault(k, [math.nan] * n).append(v)
+    for column in history.values():
+        if len(column) == n: column.append(math.nan)
+
 @patch
 def _log(self:SAETrainer, x, out, terms, total):
     s = self.state
@@ -530,7 +545,7 @@ def _log(self:SAETrainer, x, out, terms, total):
         raise FloatingPointError(f"The loss became {total.item()} at step {s.step}. Lower learning_rate or check the "
                                  f"data; the last checkpoint ({self.last_checkpoint}) is intact.")
     m = self._metrics(x, out, terms, total, self._steps_since_log, time.perf_counter() - self._t_log)
-    for k, v in asdict(m).items(): s.history[k].append(v)
+    _record(s.history, m)
     self._emit('on_log', m)
     self._t_log, self._steps_since_log = time.perf_counter(), 0
 

@@ -41,7 +41,8 @@ CASES = {
     # architecture
     'input_dim': Case((8,), 'error', raises=(ValueError, 'input_dim=8')),
     'expansion_factor': Case((2,), 'weights'),
-    'activation': Case(('relu', 'batchtopk', 'jumprelu'), 'weights'),
+    'activation': Case(('relu', 'batchtopk', 'jumprelu', 'gated'), 'weights'),
+    'variant_settings': Case(({'aux_coeff': 0.0},), 'weights', dict(activation='gated', l1_penalty_coeff=0.1)),
     'k': Case((8,), 'weights'),
     'use_relu': Case((False,), 'weights', dict(activation='relu')),
     'jumprelu_threshold': Case((0.01,), 'weights', dict(activation='jumprelu')),

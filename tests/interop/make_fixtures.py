@@ -19,12 +19,14 @@ from safetensors.torch import save_file
 D, F, K, N = 16, 64, 4, 32  # input width, latents, k, rows of test inputs: small enough to commit
 
 
-def _randomise(module, seed, scale=0.3):
-    "Give every parameter random values, so that no case passes because a bias or threshold is zero."
+def _randomise(module, seed, scale=0.3, unit_decoder=True):
+    """Give every parameter random values, so that no case passes because a bias or threshold is zero. Decoder rows
+    have unit norm, as trained SAEs' do, unless a case needs other norms (those that rescale by them)."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in sorted(module.named_parameters()):
             p.copy_(torch.randn(p.shape, generator=g) * (1.0 if 'W_dec' in name else scale))
+            if 'W_dec' in name and unit_decoder: p.copy_(torch.nn.functional.normalize(p, dim=-1))
             if 'threshold' in name: p.copy_(torch.rand(p.shape, generator=g) * 0.5)
             if name == 'r_mag': p.copy_(torch.randn(p.shape, generator=g) * 0.2)
 
@@ -79,10 +81,10 @@ def saelens_cases(c: Cases):
     from sae_lens.registry import SAE_CLASS_REGISTRY, SAE_TRAINING_CLASS_REGISTRY
     x = _inputs()
 
-    def inference(arch, seed, **cfg):
+    def inference(arch, seed, unit_decoder=True, **cfg):
         cls, cfg_cls = SAE_CLASS_REGISTRY[arch]
         sae = cls(cfg_cls(d_in=D, d_sae=F, **cfg))
-        _randomise(sae, seed)
+        _randomise(sae, seed, unit_decoder=unit_decoder)
         return sae
 
     def by_saelens(case, dtype=None, scaler=None):
@@ -97,7 +99,8 @@ def saelens_cases(c: Cases):
     simple = {'standard': dict(arch='standard'),
               'standard, apply_b_dec_to_input=False': dict(arch='standard', apply_b_dec_to_input=False),
               'topk': dict(arch='topk', k=K),
-              'topk, rescale_acts_by_decoder_norm=True': dict(arch='topk', k=K, rescale_acts_by_decoder_norm=True),
+              'topk, rescale_acts_by_decoder_norm=True': dict(arch='topk', k=K, rescale_acts_by_decoder_norm=True,
+                                                              unit_decoder=False),
               'topk, apply_b_dec_to_input=False': dict(arch='topk', k=K, apply_b_dec_to_input=False),
               'jumprelu': dict(arch='jumprelu'),
               'gated': dict(arch='gated'),
@@ -116,7 +119,7 @@ def saelens_cases(c: Cases):
     for arch, extra in (('batchtopk', {}), ('matryoshka_batchtopk', {'matryoshka_widths': [16, 32, F]})):
         cls, cfg_cls = SAE_TRAINING_CLASS_REGISTRY[arch]
         sae = cls(cfg_cls(d_in=D, d_sae=F, k=K, **extra))
-        _randomise(sae, 30)
+        _randomise(sae, 30, unit_decoder=False)  # its training config rescales by the decoder norms
         sae.topk_threshold = torch.tensor(0.4, dtype=torch.double)
         variant = arch.replace('_', ' ')
         c.write(f'saelens_{arch}_inference', 'saelens', f'{variant} (saved for inference, as JumpReLU)', 'saelens → sae_nb',
@@ -199,14 +202,14 @@ def saelens_cases(c: Cases):
 
     # Fields SAELens reads only for some architectures, and a checkpoint that leaves out one whose default changed.
     def jumprelu_with_rescale(case):
-        inference('jumprelu', 62).save_model(case/'sae')
+        inference('jumprelu', 62, unit_decoder=False).save_model(case/'sae')
         cfg = json.loads((case/'sae'/'cfg.json').read_text())
         (case/'sae'/'cfg.json').write_text(json.dumps({**cfg, 'rescale_acts_by_decoder_norm': True}))
     c.write('saelens_jumprelu_rescale_ignored', 'saelens', 'jumprelu, rescale_acts_by_decoder_norm=True in its cfg.json',
             'saelens → sae_nb', jumprelu_with_rescale, by_saelens, note='SAELens reads that field for TopK and BatchTopK only')
     def batchtopk_without_rescale(case):
         cls, cfg_cls = SAE_TRAINING_CLASS_REGISTRY['batchtopk']
-        sae = cls(cfg_cls(d_in=D, d_sae=F, k=K)); _randomise(sae, 63)
+        sae = cls(cfg_cls(d_in=D, d_sae=F, k=K)); _randomise(sae, 63, unit_decoder=False)
         sae.save_model(case/'sae')
         cfg = json.loads((case/'sae'/'cfg.json').read_text()); cfg.pop('rescale_acts_by_decoder_norm')
         (case/'sae'/'cfg.json').write_text(json.dumps(cfg))
@@ -220,7 +223,7 @@ def _nb_saes():
     from sae_nb.architecture import SparseAutoencoder
     from sae_nb.config import SAEConfig
     saes = {}
-    for i, act in enumerate(('relu', 'topk', 'batchtopk', 'jumprelu')):
+    for i, act in enumerate(('relu', 'topk', 'batchtopk', 'jumprelu', 'gated')):
         sae = SparseAutoencoder(SAEConfig(input_dim=D, expansion_factor=F / D, activation=act, k=K, seed=70 + i), device='cpu')
         _randomise(sae, 70 + i)
         if act == 'jumprelu':

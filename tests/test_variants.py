@@ -1,0 +1,84 @@
+"""The variant design is open: a variant defined here, outside the package, registered by name, trains, logs its own
+loss term, evaluates, saves, loads, resumes exactly and sweeps, with no change to sae_nb."""
+import math
+from dataclasses import dataclass, replace
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from sae_nb.architecture import Encoded, SparseAutoencoder, VARIANTS, register_variant
+from sae_nb.config import SAEConfig, ConfigError
+from sae_nb.evaluation import evaluate
+from sae_nb.sweep import train_sweep
+from sae_nb.testing import synthetic_activations
+from sae_nb.trainer import SAETrainer
+
+
+@dataclass(frozen=True)
+class ShiftSettings:
+    "A toy variant's own settings."
+    shift:float = 0.1  # latents fire above this
+    energy_coeff:float = 0.01  # weight of its own loss term
+    def __post_init__(self):
+        if self.shift < 0: raise ValueError(f"shift={self.shift} must be ≥ 0.")
+
+def _setup(sae): sae.gain = nn.Parameter(torch.ones(sae.cfg.latent_dim))  # a parameter of its own
+
+def _energy(sae, x, x_hat, h, **context):  # a loss term of its own, under its own name
+    return {'energy_loss': (sae.cfg.variant.energy_coeff, h.pow(2).sum(-1).mean() / context['variance'])}
+
+@register_variant('shifted_relu', setup=_setup, losses=_energy, settings=ShiftSettings)
+def shifted_relu(sae, pre): return Encoded(F.relu(pre - sae.cfg.variant.shift) * sae.gain)
+
+
+@pytest.fixture(scope='module')
+def data(): return synthetic_activations(n_tokens=6_000, input_dim=16, n_features=48, mean_active=3, seed=0)
+
+def _cfg(tmp_path, **kw):
+    return SAEConfig(**{**dict(input_dim=16, expansion_factor=4, activation='shifted_relu', variant_settings={'shift': 0.05},
+                               batch_size=256, learning_rate=3e-3, warmup_steps=2, log_every=2, eval_every=4,
+                               eval_tokens=512, checkpoint_every=6, checkpoint_dir=str(tmp_path/'ckpt'), device='cpu'),
+                        **kw})
+
+def test_its_settings_are_checked_like_any_other():
+    assert 'shifted_relu' in VARIANTS
+    assert SAEConfig(activation='shifted_relu').variant == ShiftSettings()
+    with pytest.raises(ConfigError, match="'shfit', which the shifted_relu variant does not have; its settings: shift"):
+        SAEConfig(activation='shifted_relu', variant_settings={'shfit': 0.2})
+    with pytest.raises(ConfigError, match="shift=-1 must be ≥ 0"):
+        SAEConfig(activation='shifted_relu', variant_settings={'shift': -1})
+
+def test_it_trains_logs_its_own_term_and_evaluates(tmp_path, data):
+    trainer = SAETrainer(_cfg(tmp_path), progress=False).train(data.x)
+    h = trainer.history
+    assert 'energy_loss' in h and len(h['energy_loss']) == len(h['step']) and all(math.isfinite(v) for v in h['energy_loss'])
+    assert h['fvu'][-1] < h['fvu'][0]  # it learns
+    assert trainer.sae.gain.detach().sub(1).abs().max() > 0  # its own parameter trains
+    report = evaluate(trainer.sae, data.x[:2048])
+    assert 0 < report.fvu < 1 and report.l0 > 0
+
+def test_it_saves_loads_and_resumes_exactly(tmp_path, data):
+    full = SAETrainer(_cfg(tmp_path/'a'), progress=False).train(data.x)
+    sae = full.sae
+    sae.save(tmp_path/'saved')
+    back = SparseAutoencoder.load(tmp_path/'saved', device='cpu').eval()
+    sae.eval()
+    x = data.x[:64]
+    with torch.no_grad(): assert torch.equal(back(x).x_hat, sae(x).x_hat)
+    assert back.cfg.variant == ShiftSettings(shift=0.05)
+    # a run stopped after its first checkpoint, resumed, ends where the uninterrupted one did
+    stopped = SAETrainer(replace(_cfg(tmp_path/'b'), max_steps=6), progress=False).train(data.x)
+    resumed = SAETrainer(_cfg(tmp_path/'b'), progress=False).train(data.x, resume_from=stopped.last_checkpoint)
+    assert resumed.state.step == full.state.step
+    for name, value in full.sae.state_dict().items(): assert torch.equal(resumed.sae.state_dict()[name], value), name
+    assert resumed.history['energy_loss'] == full.history['energy_loss']
+
+def test_it_sweeps_beside_a_built_in_variant(tmp_path, data):
+    configs = {'toy': _cfg(tmp_path/'s1', eval_every=0), 'topk': replace(_cfg(tmp_path/'s2', eval_every=0),
+                                                                          activation='topk', k=4, variant_settings=None)}
+    results = train_sweep(configs, data.x)
+    toy, topk = results.trainers
+    assert 'energy_loss' in toy.history and 'energy_loss' not in topk.history
+    assert all(t.state.step > 0 for t in results.trainers)
