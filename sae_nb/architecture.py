@@ -26,7 +26,8 @@ __all__ = ['VARIANTS', 'ACTIVATION_REGISTRY', 'register_activation', 'Activation
            'register_variant', 'SAEOutput', 'SparseAutoencoder', 'sparse_decode', 'dense_decode', 'l1_sparsity',
            'ghost_terms', 'relu_encode', 'scatter_latents', 'topk_encode_sparse', 'auxk_terms', 'topk_encode',
            'dense_twin', 'batchtopk_encode', 'l0_sparsity', 'jumprelu_encode', 'GatedSettings', 'gated_sparsity',
-           'gated_aux_terms', 'gated_encode', 'geometric_median', 'sparse_auxk_loss', 'TopKSae', 'CheckpointError']
+           'gated_aux_terms', 'gated_encode', 'MatryoshkaSettings', 'prefix_ends', 'prefix_terms', 'matryoshka_encode',
+           'geometric_median', 'sparse_auxk_loss', 'TopKSae', 'CheckpointError']
 
 # %% ../nbs/02_architecture.ipynb #c3db781c
 class Encoded(NamedTuple):
@@ -323,6 +324,49 @@ def gated_aux_terms(sae, x, x_hat, h, *, pre_acts=None, variance=None, **context
 def gated_encode(sae, pre):
     magnitude = F.relu((pre - sae.b_enc) * sae.r_mag.exp() + sae.b_mag)
     return Encoded((pre > 0).to(pre.dtype) * magnitude)
+
+# %% ../nbs/02_architecture.ipynb #3b946bc7
+@dataclass(frozen=True)
+class MatryoshkaSettings:
+    "The Matryoshka variant's own settings."
+    group_sizes:Optional[tuple] = None # latents per nested group, summing to latent_dim (None: halving from 1/16)
+    prefix_coeff:float = 1.0 # weight of each prefix's reconstruction loss
+    def __post_init__(self):
+        if self.group_sizes is not None:
+            sizes = list(self.group_sizes)
+            if not sizes or any(not isinstance(n, int) or isinstance(n, bool) or n < 1 for n in sizes):
+                raise ValueError(f"group_sizes={self.group_sizes!r} must be a list of positive whole numbers.")
+            object.__setattr__(self, 'group_sizes', tuple(sizes))  # JSON gives a list
+        if not isinstance(self.prefix_coeff, (int, float)) or self.prefix_coeff < 0:
+            raise ValueError(f"prefix_coeff={self.prefix_coeff!r} must be a number ≥ 0.")
+    def check(self, cfg):
+        if self.group_sizes is not None and sum(self.group_sizes) != cfg.latent_dim:
+            raise ConfigError(f"SAEConfig.variant_settings group_sizes sum to {sum(self.group_sizes)}, but the SAE has "
+                              f"latent_dim={cfg.latent_dim} latents: make them add up.")
+
+def prefix_ends(cfg) -> list:
+    "Where each nested dictionary ends: cumulative group sizes, the last one `latent_dim`."
+    F_ = cfg.latent_dim
+    sizes = cfg.variant.group_sizes or [n for n in (F_ // 16, F_ // 16, F_ // 8, F_ // 4) if n] or []
+    ends = [int(e) for e in torch.tensor(list(sizes) or [F_]).cumsum(0).tolist()]
+    return sorted(set([e for e in ends if 0 < e < F_] + [F_]))
+
+def prefix_terms(sae, x, x_hat, h, *, variance=None, out=None, **context):
+    "Each proper prefix of groups reconstructs the input alone (its loss summed, as in the paper), plus AuxK."
+    terms, c = auxk_terms(sae, x, x_hat, h, **context), sae.cfg
+    if not c.variant.prefix_coeff: return terms
+    h = out.h if h is None else h
+    recon, start, losses = sae.b_dec, 0, []
+    for end in prefix_ends(c)[:-1]:
+        recon = recon + h[:, start:end] @ sae.W_dec[start:end]
+        losses.append(normalized_mse(x, recon, variance))
+        start = end
+    if losses: terms['prefix_loss'] = (c.variant.prefix_coeff, torch.stack(losses).sum())
+    return terms
+
+@register_variant('matryoshka', setup=_batchtopk_setup, losses=prefix_terms, settings=MatryoshkaSettings,
+                  topk_style=True)
+def matryoshka_encode(sae, pre): return batchtopk_encode(sae, pre)  # latents chosen as in BatchTopK
 
 # %% ../nbs/02_architecture.ipynb #7cb2fd9d
 @torch.no_grad()

@@ -48,7 +48,7 @@ def _build(activation:str, tensors:dict, source, k:int=32, settings:Optional[dic
 # %% ../nbs/02b_formats.ipynb #749b2d36
 _RESCALING = ('topk', 'batchtopk', 'matryoshka_batchtopk')  # SAELens reads rescale_acts_by_decoder_norm for these only
 SAELENS_ARCHITECTURES = {'standard': 'relu', 'topk': 'topk', 'jumprelu': 'jumprelu', 'gated': 'gated',
-                         'batchtopk': 'batchtopk', 'matryoshka_batchtopk': 'batchtopk'}
+                         'batchtopk': 'batchtopk', 'matryoshka_batchtopk': 'matryoshka'}
 _SAELENS_ARITHMETIC = {'architecture', 'd_in', 'd_sae', 'dtype', 'apply_b_dec_to_input', 'normalize_activations',
                        'rescale_acts_by_decoder_norm', 'k', 'activation_fn', 'activation_fn_str',
                        'activation_fn_kwargs', 'finetuning_scaling_factor', 'sae_nb_config'}
@@ -185,18 +185,23 @@ def load_saelens(cls:SparseAutoencoder, path:str|Path, # a folder with SAELens' 
     activation = SAELENS_ARCHITECTURES[lens['architecture']]
     if 'threshold' in tensors and activation == 'jumprelu':  # ours is exp(log θ) > 0; θ ≤ 0 acts as 0 after the ReLU
         tensors['log_threshold'] = tensors.pop('threshold').clamp(min=1e-30).log()
-    if activation == 'batchtopk':
+    settings = dict(lens.get('sae_nb_config') or {})
+    if activation in ('batchtopk', 'matryoshka'):
         if 'topk_threshold' not in tensors:
             raise CheckpointError(f"{source}: a BatchTopK checkpoint without its topk_threshold.")
         tensors['threshold'] = tensors.pop('topk_threshold').reshape(())
+    if activation == 'matryoshka':  # SAELens gives each nested dictionary's width; ours are the groups between them
+        widths = sorted(set(int(w) for w in lens.get('matryoshka_widths') or []) | {int(lens['d_sae'])})
+        settings['variant_settings'] = {'group_sizes': [b - a for a, b in zip([0] + widths, widths)]}
     k = lens.get('k') or 100  # SAELens' own default
-    sae = _build(activation, tensors, source, k=k, settings=lens.get('sae_nb_config'))
+    sae = _build(activation, tensors, source, k=k, settings=settings)
     sae.metadata = {'format': 'saelens', **(lens.get('metadata') or {}),
                     **{n: lens[n] for n in ('model_name', 'hook_name') if n in lens}}
     return sae.to(pick_device(device or sae.cfg.device))
 
 # %% ../nbs/02b_formats.ipynb #ea979574
-_TO_SAELENS = {'relu': 'standard', 'topk': 'topk', 'batchtopk': 'jumprelu', 'jumprelu': 'jumprelu', 'gated': 'gated'}
+_TO_SAELENS = {'relu': 'standard', 'topk': 'topk', 'batchtopk': 'jumprelu', 'jumprelu': 'jumprelu', 'gated': 'gated',
+               'matryoshka': 'jumprelu'}  # BatchTopK-style SAEs as JumpReLU with their threshold, as SAELens saves them
 SAELENS_FORMAT_VERSION = '6.0.0'  # the SAELens layout these files follow
 
 def _saelens_export_tensors(sae:SparseAutoencoder) -> dict:
@@ -207,7 +212,7 @@ def _saelens_export_tensors(sae:SparseAutoencoder) -> dict:
         _refuse('relu with use_relu=False', "a linear encoder has no SAELens architecture", "Save it with sae.save()")
     t = {n: getattr(sae, n).detach().float().cpu().contiguous() for n in ('W_enc', 'b_enc', 'W_dec', 'b_dec')}
     if c.activation == 'jumprelu': t['threshold'] = sae.log_threshold.detach().exp().float().cpu()
-    if c.activation == 'batchtopk':
+    if c.activation in ('batchtopk', 'matryoshka'):
         if float(sae.threshold) < 0: _refuse('batchtopk', "its inference threshold has not been learned yet",
                                              "Train it (or run a batch through it in training mode) first")
         t['threshold'] = torch.full((c.latent_dim,), float(sae.threshold))

@@ -223,12 +223,12 @@ def _nb_saes():
     from sae_nb.architecture import SparseAutoencoder
     from sae_nb.config import SAEConfig
     saes = {}
-    for i, act in enumerate(('relu', 'topk', 'batchtopk', 'jumprelu', 'gated')):
+    for i, act in enumerate(('relu', 'topk', 'batchtopk', 'jumprelu', 'gated', 'matryoshka')):
         sae = SparseAutoencoder(SAEConfig(input_dim=D, expansion_factor=F / D, activation=act, k=K, seed=70 + i), device='cpu')
         _randomise(sae, 70 + i)
         if act == 'jumprelu':
             with torch.no_grad(): sae.log_threshold.copy_((torch.rand(F) * 0.5 + 0.01).log())
-        if act == 'batchtopk':
+        if act in ('batchtopk', 'matryoshka'):
             sae.train()
             with torch.no_grad(): sae(_inputs(1) * 3)  # learns its inference threshold from one batch
         saes[act] = sae.eval()
