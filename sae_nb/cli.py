@@ -12,7 +12,7 @@ from typing import Optional
 import torch
 from fastcore.script import anno_parser
 
-from .config import SAEConfig, ConfigError, PRESETS, preset_config, atomic_path, atomic_write_text
+from .config import SAEConfig, ConfigError, PRESETS, preset_config, atomic_path, atomic_write_text, variants
 from .architecture import CheckpointError
 from .data import (ActivationStore, ActivationShardDataset, StoreError, ModelNotFoundError, load_model,
                          load_texts, load_labelled_texts)
@@ -107,6 +107,8 @@ def _apply_flags(cfg:SAEConfig, flags:dict) -> SAEConfig:
     "Override `cfg` with the flags that were given (not None)."
     names = dict(l1_coef='l1_penalty_coeff', temporal_coef='temporal_smoothness_coeff')
     changes = {names.get(k, k): v for k, v in flags.items() if v is not None}
+    if changes.get('activation', cfg.activation) != cfg.activation and 'variant_settings' not in changes:
+        changes['variant_settings'] = None  # another variant: the old one's settings do not apply
     return replace(cfg, **changes)
 
 # %% ../nbs/05b_cli.ipynb #ba7d8433
@@ -416,7 +418,7 @@ def _report(trainer, st, run_id, lm, out, t0, train_seconds, max_length, outlier
                         figures, freq_tokens=len(cap))
 
 def _print_summary(cfg, summary:dict, out:Path):
-    sparsity = f", k={cfg.k}" if cfg.activation in ('topk', 'batchtopk') else ''  # k means nothing to relu or jumprelu
+    sparsity = f", k={cfg.k}" if variants()[cfg.activation].topk_style else ''  # k means nothing to relu or gated
     print(f"trained {cfg.activation} SAE ({cfg.input_dim} -> {cfg.latent_dim}{sparsity}) on {summary['tokens']:,} "
           f"tokens in {summary['seconds']}s ({summary['tokens_per_s']:,} tokens/s training)")
     print(f"FVU {summary['fvu']:.4f} (explained variance {summary['explained_variance']:.4f}) on "

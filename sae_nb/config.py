@@ -73,7 +73,8 @@ class SAEConfig:
     # architecture
     input_dim:int = setting(768, "width of the activations the SAE reads (the model's hidden size)")
     expansion_factor:float = setting(8, "latents per input dimension: latent_dim = round(input_dim × expansion_factor)")
-    activation:str = setting('topk', "how latents are chosen: relu, topk, batchtopk or jumprelu")
+    activation:str = setting('topk', "the SAE variant: relu, topk, batchtopk, jumprelu, gated, matryoshka, or one "
+                                     "you registered (02_architecture)")
     k:int = setting(32, "topk: active latents per token; batchtopk: their mean over the batch")
     use_relu:bool = setting(True, "relu activation only: apply the ReLU (False gives a plain linear encoder)")
     jumprelu_threshold:float = setting(0.001, "jumprelu: initial threshold of every latent")
@@ -138,7 +139,11 @@ class SAEConfig:
     keep_checkpoints:int = setting(3, "how many of the newest checkpoints to keep; older ones are deleted")
 
 
-    def __post_init__(self): _validate(self)
+    def __post_init__(self):
+        if self.variant_settings is not None:  # a copy of its own, lists as tuples: it compares equal after save/load
+            own = {k: tuple(v) if isinstance(v, list) else v for k, v in dict(self.variant_settings).items()}
+            object.__setattr__(self, 'variant_settings', own)
+        _validate(self)
 
     @property
     def latent_dim(self) -> int: return round(self.input_dim * self.expansion_factor)
@@ -182,7 +187,8 @@ def _check_variant_settings(cfg, spec):
     own = [f.name for f in fields(spec.settings)] if spec.settings else []
     unknown = sorted(set(given) - set(own))
     if unknown: raise ConfigError(f"SAEConfig.variant_settings has {', '.join(map(repr, unknown))}, which the {name} "
-                                  f"variant does not have; its settings: {', '.join(own) or 'none'}.")
+                                  f"variant does not have; its settings: {', '.join(own) or 'none'}. (Changing the "
+                                  f"variant? Set variant_settings=None, or to the new variant's settings.)")
     if spec.settings:
         try: settings = spec.settings(**given)
         except (ValueError, TypeError) as e: raise ConfigError(f"SAEConfig.variant_settings for {name}: {e}") from None

@@ -34,6 +34,7 @@ def _build(activation:str, tensors:dict, source, k:int=32, settings:Optional[dic
     d_in, d_sae = tensors['W_enc'].shape
     ours = {f.name for f in fields(SAEConfig)}
     cfg = {n: v for n, v in (settings or {}).items() if n in ours}
+    if cfg.get('activation', activation) != activation: cfg.pop('variant_settings', None)  # saved as another variant
     cfg.update(input_dim=d_in, expansion_factor=d_sae / d_in, activation=activation, k=int(k),
                normalize_activations='none')  # any input scale is already folded into the tensors
     if 'probe.weight' not in tensors:  # no untrained probe for one not saved
