@@ -114,7 +114,20 @@ def resample_dead_latents(sae, optimizer, x:torch.Tensor, x_hat:torch.Tensor, de
             if torch.is_tensor(moment) and moment.dim(): moment[rows] = 0.0
     for moment in optimizer.state.get(sae.W_enc, {}).values():
         if torch.is_tensor(moment) and moment.dim(): moment[:, dead] = 0.0
+    _restart_own_latents(sae, optimizer, dead)
     return len(dead)
+
+def _restart_own_latents(sae, optimizer, dead):
+    "A variant's own per-latent parameters (gated's r_mag and b_mag, jumprelu's thresholds) restart as a new SAE's."
+    core = ('W_enc', 'b_enc', 'W_dec', 'b_dec')
+    own = [(n, p) for n, p in sae.named_parameters()
+           if n not in core and not n.startswith('probe.') and p.shape[:1] == (sae.cfg.latent_dim,)]
+    if not own: return
+    fresh = dict(type(sae)(sae.cfg, device='cpu').named_parameters())
+    for name, p in own:
+        p[dead] = fresh[name].detach()[dead.cpu()].to(p)
+        for moment in optimizer.state.get(p, {}).values():
+            if torch.is_tensor(moment) and moment.dim(): moment[dead] = 0.0
 
 # %% ../nbs/05_trainer.ipynb #908e97ba
 def train_step(sae, optimizer, batch, # a `Batch` (or a [batch, input_dim] tensor)

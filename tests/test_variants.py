@@ -82,3 +82,16 @@ def test_it_sweeps_beside_a_built_in_variant(tmp_path, data):
     toy, topk = results.trainers
     assert 'energy_loss' in toy.history and 'energy_loss' not in topk.history
     assert all(t.state.step > 0 for t in results.trainers)
+
+def test_resampling_restarts_a_variants_own_parameters():
+    "Reviving a dead gated latent also restarts its magnitude path, and leaves live latents alone."
+    from sae_nb.trainer import resample_dead_latents
+    cfg = SAEConfig(input_dim=16, expansion_factor=4, activation='gated', l1_penalty_coeff=0.1)
+    sae = SparseAutoencoder(cfg, device='cpu')
+    with torch.no_grad(): sae.r_mag.fill_(0.5); sae.b_mag.fill_(0.3)
+    optimizer = torch.optim.Adam(sae.parameters())
+    x = torch.randn(64, 16)
+    dead = torch.zeros(64, dtype=torch.bool); dead[:5] = True
+    assert resample_dead_latents(sae, optimizer, x, sae(x).x_hat.detach(), dead) == 5
+    assert (sae.r_mag[:5] == 0).all() and (sae.b_mag[:5] == 0).all()
+    assert (sae.r_mag[5:] == 0.5).all() and (sae.b_mag[5:] == 0.3).all()
