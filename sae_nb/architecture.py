@@ -5,6 +5,7 @@
 # %% ../nbs/02_architecture.ipynb #4cd56cea
 from __future__ import annotations
 import copy, json, math
+from itertools import accumulate
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Callable, NamedTuple, Optional
@@ -36,7 +37,6 @@ class Encoded(NamedTuple):
     top_vals: Optional[torch.Tensor] = None # [batch, k] values of the active latents (top-k style only)
     top_idx: Optional[torch.Tensor] = None # [batch, k] their indices
     groups: Optional[tuple] = None # sparse paths: `kernels.group_by_latent(top_idx)`, shared by both backward passes
-    extras: Optional[dict] = None # what a variant's own loss terms need from its encoder (a gate's pre-activations)
 
 @dataclass(frozen=True)
 class Variant:
@@ -66,10 +66,9 @@ class SAEOutput:
                  pre_acts:Optional[torch.Tensor], # [batch, latent_dim] before the activation (None on the sparse paths)
                  top_vals:Optional[torch.Tensor]=None, # [batch, k] top-k style: active values
                  top_idx:Optional[torch.Tensor]=None, # [batch, k] top-k style: active indices
-                 latent_dim:Optional[int]=None, # needed when `h` is None
-                 extras:Optional[dict]=None): # the variant's own intermediate values (`Encoded.extras`)
+                 latent_dim:Optional[int]=None): # needed when `h` is None
         self.x_hat, self._h, self.pre_acts = x_hat, h, pre_acts
-        self.top_vals, self.top_idx, self._latent_dim, self.extras = top_vals, top_idx, latent_dim, extras or {}
+        self.top_vals, self.top_idx, self._latent_dim = top_vals, top_idx, latent_dim
 
     @property
     def h(self) -> torch.Tensor:
@@ -185,7 +184,7 @@ def forward(self:SparseAutoencoder, x:torch.Tensor # [batch, input_dim]
             x_hat = decode_fn(enc.top_vals, enc.top_idx, self.W_dec, enc.groups)
         x_hat = self.unscale_output(x_hat + self.b_dec)
     else: x_hat = self.decode(enc.h)
-    return SAEOutput(x_hat, enc.h, pre, enc.top_vals, enc.top_idx, self.cfg.latent_dim, enc.extras)
+    return SAEOutput(x_hat, enc.h, pre, enc.top_vals, enc.top_idx, self.cfg.latent_dim)
 
 # %% ../nbs/02_architecture.ipynb #f7793d11
 def l1_sparsity(sae, pre, h, sigma=1.0): # sigma: the batch's spread, `batch_variance(x).sqrt()`
@@ -347,21 +346,20 @@ class MatryoshkaSettings:
 def prefix_ends(cfg) -> list:
     "Where each nested dictionary ends: cumulative group sizes, the last one `latent_dim`."
     F_ = cfg.latent_dim
-    sizes = cfg.variant.group_sizes or [n for n in (F_ // 16, F_ // 16, F_ // 8, F_ // 4) if n] or []
-    ends = [int(e) for e in torch.tensor(list(sizes) or [F_]).cumsum(0).tolist()]
-    return sorted(set([e for e in ends if 0 < e < F_] + [F_]))
+    sizes = cfg.variant.group_sizes or [n for n in (F_ // 16, F_ // 16, F_ // 8, F_ // 4) if n]
+    return sorted({end for end in accumulate(sizes) if end < F_} | {F_})
 
 def prefix_terms(sae, x, x_hat, h, *, variance=None, out=None, **context):
     "Each proper prefix of groups reconstructs the input alone (its loss summed, as in the paper), plus AuxK."
-    terms, c = auxk_terms(sae, x, x_hat, h, **context), sae.cfg
-    if not c.variant.prefix_coeff: return terms
+    terms, c, weight = auxk_terms(sae, x, x_hat, h, **context), sae.cfg, sae.cfg.variant.prefix_coeff
+    if not weight: return terms
     h = out.h if h is None else h
     recon, start, losses = sae.b_dec, 0, []
     for end in prefix_ends(c)[:-1]:
         recon = recon + h[:, start:end] @ sae.W_dec[start:end]
         losses.append(normalized_mse(x, recon, variance))
         start = end
-    if losses: terms['prefix_loss'] = (c.variant.prefix_coeff, torch.stack(losses).sum())
+    if losses: terms['prefix_loss'] = (weight, torch.stack(losses).sum())
     return terms
 
 @register_variant('matryoshka', setup=_batchtopk_setup, losses=prefix_terms, settings=MatryoshkaSettings,

@@ -213,8 +213,8 @@ def _saelens_export_tensors(sae:SparseAutoencoder) -> dict:
         _refuse('relu with use_relu=False', "a linear encoder has no SAELens architecture", "Save it with sae.save()")
     t = {n: getattr(sae, n).detach().float().cpu().contiguous() for n in ('W_enc', 'b_enc', 'W_dec', 'b_dec')}
     if c.activation == 'jumprelu': t['threshold'] = sae.log_threshold.detach().exp().float().cpu()
-    if c.activation in ('batchtopk', 'matryoshka'):
-        if float(sae.threshold) < 0: _refuse('batchtopk', "its inference threshold has not been learned yet",
+    if 'threshold' in dict(sae.named_buffers()):  # BatchTopK-style: one learned threshold, as SAELens' JumpReLU
+        if float(sae.threshold) < 0: _refuse(c.activation, "its inference threshold has not been learned yet",
                                              "Train it (or run a batch through it in training mode) first")
         t['threshold'] = torch.full((c.latent_dim,), float(sae.threshold))
     if c.activation == 'gated':
