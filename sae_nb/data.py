@@ -22,8 +22,8 @@ from .config import atomic_path, atomic_write_text, normal_permissions
 from .testing import tiny_gpt2
 
 # %% auto #0
-__all__ = ['SMOLLM2_GGUF', 'BUILTIN_MODELS', 'cache_dir', 'ModelNotFoundError', 'load_model', 'split_passages', 'load_texts',
-           'find_blocks', 'hook_point', 'capture_hooks', 'Captured', 'check_labels', 'encode_labels',
+__all__ = ['SMOLLM2_GGUF', 'BUILTIN_MODELS', 'INPUT_SUFFIX', 'cache_dir', 'ModelNotFoundError', 'load_model', 'split_passages',
+           'load_texts', 'find_blocks', 'hook_point', 'capture_hooks', 'Captured', 'check_labels', 'encode_labels',
            'load_labelled_texts', 'iter_captures', 'collect_activations', 'StoreError', 'shard_name',
            'corpus_fingerprint', 'ActivationStore', 'Batch', 'as_batch', 'mix_batches', 'pick_texts',
            'ActivationSource', 'InMemoryActivations', 'ActivationShardDataset', 'StreamingActivations',
@@ -156,8 +156,17 @@ def find_blocks(model:nn.Module) -> nn.ModuleList:
     if not lists: raise ValueError(f"Cannot find the blocks of {type(model).__name__}: hook a module by name instead.")
     return max(lists, key=len)
 
+INPUT_SUFFIX = ':input' # a hook point ending in this reads the module's input instead of its output
+
+def _split_point(layer:Union[int, str]) -> tuple:
+    "The module's block index or name, and whether the hook point reads its input."
+    if not (isinstance(layer, str) and layer.endswith(INPUT_SUFFIX)): return layer, False
+    name = layer[:-len(INPUT_SUFFIX)]
+    return (int(name) if name.lstrip('-').isdigit() else name), True
+
 def hook_point(model:nn.Module, layer:Union[int, str]) -> nn.Module:
-    "The module whose output is hook point `layer` (a block index or a module name)."
+    "The module hook point `layer` reads: a block index or a module name (its output), either with `:input`."
+    layer = _split_point(layer)[0]
     if isinstance(layer, int):
         blocks = find_blocks(model)
         if not -len(blocks) <= layer < len(blocks):
@@ -177,14 +186,17 @@ class _StopForward(Exception): "Raised by the last hook to end the forward pass 
 
 @contextmanager
 def capture_hooks(model:nn.Module, layers:list, stop_early:bool=True):
-    "Within the block, forward passes record the output of each hook point into the yielded dict."
+    "Within the block, forward passes record each hook point (a module's output, or its `:input`) into the yielded dict."
     outputs, modules = {}, [hook_point(model, l) for l in layers]
+    def record(key, value):
+        outputs[key] = (value[0] if isinstance(value, tuple) else value).detach()
+        if stop_early and len(outputs) == len(layers): raise _StopForward()
     def make_hook(key):
-        def hook(module, args, out):
-            outputs[key] = (out[0] if isinstance(out, tuple) else out).detach()
-            if stop_early and len(outputs) == len(layers): raise _StopForward()
-        return hook
-    handles = [m.register_forward_hook(make_hook(l)) for m, l in zip(modules, layers)]
+        if _split_point(key)[1]:  # the module's first argument, before it runs
+            return lambda module, args, kwargs: record(key, args[0] if args else next(iter(kwargs.values())))
+        return lambda module, args, out: record(key, out)
+    handles = [m.register_forward_pre_hook(make_hook(l), with_kwargs=True) if _split_point(l)[1]
+               else m.register_forward_hook(make_hook(l)) for m, l in zip(modules, layers)]
     try: yield outputs
     finally:
         for h in handles: h.remove()
@@ -208,9 +220,10 @@ class Captured:
                    *(torch.cat([getattr(p, n) for p in parts]) for n in ('token_ids', 'sequence_ids', 'positions')),
                    labels)
 
-    def batch(self, layer) -> Batch:
-        "The rows at hook point `layer` as a training `Batch`."
-        return Batch(self.acts[layer], self.sequence_ids, self.positions, self.labels)
+    def batch(self, layer, target=None) -> Batch: # target: a second hook point, the one a transcoder predicts
+        "The rows at hook point `layer` (and `target`) as a training `Batch`."
+        return Batch(self.acts[layer], self.sequence_ids, self.positions, self.labels,
+                     self.acts[target] if target is not None else None)
 
 # %% ../nbs/04_data.ipynb #219bf400
 def _not_outliers(acts:torch.Tensor, keep:torch.Tensor, ratio:float) -> torch.Tensor:
@@ -536,13 +549,14 @@ class Batch:
     sequence_ids: Optional[torch.Tensor] = None # [tokens] the text each row came from
     positions: Optional[torch.Tensor] = None # [tokens] its position in that text
     labels: Optional[torch.Tensor] = None # [tokens] its class (-1: unlabelled)
+    target: Optional[torch.Tensor] = None # [tokens, width] what a transcoder predicts from `acts` (None: `acts`)
 
     def __len__(self): return len(self.acts)
-    def _parts(self): return (self.acts, self.sequence_ids, self.positions, self.labels)
+    def _parts(self): return (self.acts, self.sequence_ids, self.positions, self.labels, self.target)
     def __getitem__(self, rows): return Batch(*(None if t is None else t[rows] for t in self._parts()))
     def to(self, device, non_blocking:bool=False) -> Batch:
         return Batch(*(None if t is None else t.to(device, non_blocking=non_blocking) for t in self._parts()))
-    def as_dict(self) -> dict: return dict(zip(('acts', 'sequence_ids', 'positions', 'labels'), self._parts()))
+    def as_dict(self) -> dict: return dict(zip(('acts', 'sequence_ids', 'positions', 'labels', 'target'), self._parts()))
 
     @classmethod
     def cat(cls, parts:list) -> Batch:
@@ -645,6 +659,7 @@ class ActivationSource:
                     batch = batch[:self.token_limit - self.tokens_seen]
                 self.batch_in_epoch, self.tokens_seen = i + 1, self.tokens_seen + len(batch)
                 batch.acts = batch.acts.float()
+                if batch.target is not None: batch.target = batch.target.float()
                 yield batch
             self.epoch, self.batch_in_epoch = self.epoch + 1, 0
 
@@ -658,20 +673,26 @@ class ActivationSource:
 class InMemoryActivations(ActivationSource):
     "Batches from activations held in memory, reshuffled every epoch."
     def __init__(self, x, # a `Batch`, a `Captured` (one hook point), or a [tokens, width] or [texts, seq, width] tensor
+                 target:Optional[torch.Tensor]=None, # with a tensor `x`: what a transcoder predicts, of the same shape
                  **kwargs):
         if isinstance(x, Captured):
             if len(x.acts) > 1:
-                raise ValueError("InMemoryActivations reads one hook point: give captured.batch(layer).")
+                raise ValueError("InMemoryActivations reads one hook point: give captured.batch(layer), or "
+                                 "captured.batch(layer, target=other) for a transcoder.")
             x = x.batch(next(iter(x.acts)))
         elif torch.is_tensor(x):
+            if target is not None and target.shape[:-1] != x.shape[:-1]:
+                raise ValueError(f"target has shape {tuple(target.shape)} but the activations {tuple(x.shape)}: "
+                                 f"give one target row per activation row.")
+            flat = lambda t: None if t is None else t.reshape(-1, t.shape[-1])
             if x.dim() == 3:
                 texts, seq = x.shape[:2]
-                x = Batch(x.reshape(-1, x.shape[-1]), torch.arange(texts).repeat_interleave(seq),
-                          torch.arange(seq).repeat(texts))
-            else: x = Batch(x.reshape(-1, x.shape[-1]))
+                x = Batch(flat(x), torch.arange(texts).repeat_interleave(seq), torch.arange(seq).repeat(texts),
+                          target=flat(target))
+            else: x = Batch(flat(x), target=flat(target))
         if not len(x): raise ValueError("InMemoryActivations got an empty tensor: there is nothing to train on.")
         if x.sequence_ids is None:
-            x = Batch(x.acts, torch.arange(len(x)), torch.zeros(len(x), dtype=torch.long), x.labels)
+            x = Batch(x.acts, torch.arange(len(x)), torch.zeros(len(x), dtype=torch.long), x.labels, x.target)
         super().__init__(**{**kwargs, 'buffer_tokens': len(x)})
         self.data, self.input_dim, self.n_tokens = x, x.acts.shape[-1], len(x)
 
@@ -687,17 +708,21 @@ class ActivationShardDataset(ActivationSource):
     "Batches streamed from a stored run's shards through a mixing buffer."
     def __init__(self, store:ActivationStore, run_id:str, layer=None, # hook point, if the run has several
                  verify:bool=True, # check each shard's checksum as it is read
+                 target_layer=None, # a second hook point of the run, given as each batch's `target` (transcoders)
                  **kwargs):
         super().__init__(**kwargs)
         self.store, self.run_id, self.layer, self.verify = store, run_id, store.layer_key(run_id, layer), verify
+        self.target_layer = None if target_layer is None else store.layer_key(run_id, target_layer)
         meta = store.meta(run_id)
         self.n_shards, self.input_dim = len(meta['shards']), meta['input_dim'][self.layer]
         self.n_tokens = meta['tokens']
 
     def _shard(self, i:int) -> Batch:
         t = self.store.load_shard(self.run_id, i, self.layer, self.verify)
-        return Batch(t['activations'].reshape(-1, t['activations'].shape[-1]), t['sequence_ids'], t['positions'],
-                     t.get('labels'))
+        flat = lambda a: a.reshape(-1, a.shape[-1])
+        target = (None if self.target_layer is None else
+                  flat(self.store.load_shard(self.run_id, i, self.target_layer, self.verify)['activations']))
+        return Batch(flat(t['activations']), t['sequence_ids'], t['positions'], t.get('labels'), target)
 
     def _chunks(self, epoch, g):
         for i in torch.randperm(self.n_shards, generator=g).tolist(): yield self._shard(i)
@@ -718,12 +743,15 @@ class StreamingActivations(ActivationSource):
                  text_batch_size:int=32, drop_special:bool=True, progress:bool=False,
                  labels:Optional[list]=None, # one per text: its class, or a list of classes per token
                  outlier_norm_ratio:Optional[float]=None, # drop tokens whose norm exceeds this × the batch median
+                 target_layer:Union[int, str, None]=None, # a second hook point, captured in the same pass (transcoders)
                  **kwargs):
         super().__init__(**kwargs)
         hook_point(model, layer)
+        if target_layer is not None: hook_point(model, target_layer)
         if not texts: raise ValueError("The corpus is empty: give at least one text.")
         if labels is not None: check_labels(labels, len(texts))
         self.model, self.tokenizer, self.texts, self.layer, self.labels = model, tokenizer, texts, layer, labels
+        self.target_layer = target_layer
         self.max_length, self.text_batch_size = max_length, text_batch_size
         self.drop_special, self.progress = drop_special, progress
         self.outlier_norm_ratio = outlier_norm_ratio
@@ -731,11 +759,12 @@ class StreamingActivations(ActivationSource):
         self.input_dim, self.n_tokens = probe.acts[layer].shape[-1], None  # width read off one text; length unknown
 
     def _capture(self, text_ids:list) -> Iterator[Batch]:
-        for cap in iter_captures(self.model, self.tokenizer, [self.texts[i] for i in text_ids], [self.layer],
+        layers = [self.layer] + ([self.target_layer] if self.target_layer is not None else [])
+        for cap in iter_captures(self.model, self.tokenizer, [self.texts[i] for i in text_ids], layers,
                                  self.max_length, self.text_batch_size, self.drop_special, text_ids=text_ids,
                                  progress=self.progress, outlier_norm_ratio=self.outlier_norm_ratio,
                                  labels=[self.labels[i] for i in text_ids] if self.labels is not None else None):
-            yield cap.batch(self.layer)
+            yield cap.batch(self.layer, self.target_layer)
 
     def _chunks(self, epoch, g):
         order = torch.randperm(len(self.texts), generator=g)
