@@ -6,7 +6,7 @@
 from __future__ import annotations
 import copy, json, math
 from itertools import accumulate
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Callable, NamedTuple, Optional
 
@@ -24,11 +24,12 @@ from .kernels import sparse_topk_encode, topk_select, encode_at, triton_decode, 
 
 # %% auto #0
 __all__ = ['VARIANTS', 'ACTIVATION_REGISTRY', 'register_activation', 'Activation', 'LOSS_NAMES', 'Encoded', 'Variant',
-           'register_variant', 'SAEOutput', 'SparseAutoencoder', 'sparse_decode', 'dense_decode', 'l1_sparsity',
-           'ghost_terms', 'relu_encode', 'scatter_latents', 'topk_encode_sparse', 'auxk_terms', 'topk_encode',
-           'dense_twin', 'batchtopk_encode', 'l0_sparsity', 'jumprelu_encode', 'GatedSettings', 'gated_sparsity',
-           'gated_aux_terms', 'gated_encode', 'MatryoshkaSettings', 'prefix_ends', 'prefix_terms', 'matryoshka_encode',
-           'geometric_median', 'sparse_auxk_loss', 'TopKSae', 'CheckpointError']
+           'SAELensLayout', 'SparsifyLayout', 'register_variant', 'SAEOutput', 'SparseAutoencoder', 'sparse_decode',
+           'dense_decode', 'l1_sparsity', 'ghost_terms', 'relu_encode', 'scatter_latents', 'topk_encode_sparse',
+           'auxk_terms', 'topk_encode', 'dense_twin', 'batchtopk_encode', 'l0_sparsity', 'jumprelu_encode',
+           'GatedSettings', 'gated_sparsity', 'gated_aux_terms', 'gated_encode', 'MatryoshkaSettings', 'prefix_ends',
+           'prefix_terms', 'matryoshka_encode', 'geometric_median', 'sparse_auxk_loss', 'TopKSae', 'CheckpointError',
+           'UnsupportedFormat']
 
 # %% ../nbs/02_architecture.ipynb #c3db781c
 class Encoded(NamedTuple):
@@ -48,6 +49,25 @@ class Variant:
     losses: Optional[Callable] = None # (sae, x, x_hat, h, **context) -> {name: (weight, scalar)}: terms of its own
     settings: Optional[type] = None # a dataclass of its own settings, given as `SAEConfig.variant_settings`
     topk_style: bool = False # keeps k latents per token: k must fit in latent_dim, and AuxK revives dead latents
+    formats: dict = field(default_factory=dict) # {'saelens': SAELensLayout, 'sparsify': SparsifyLayout}: other layouts
+
+@dataclass(frozen=True)
+class SAELensLayout:
+    "How a variant is written in SAELens' layout and read from it (used by `02b_formats`)."
+    architecture: str # the SAELens architecture it is written as
+    reads: Optional[tuple] = None # the SAELens architectures read as this variant (default: `(architecture,)`)
+    save: Optional[Callable] = None # (sae, tensors) -> cfg fields: put its own tensors into `tensors`, SAELens' names
+    load: Optional[Callable] = None # (cfg, tensors, source) -> settings: its own tensors from SAELens' names to ours
+    rescales: bool = False # SAELens applies `rescale_acts_by_decoder_norm` to this architecture
+
+    def read_names(self) -> tuple: return self.reads if self.reads is not None else (self.architecture,)
+
+@dataclass(frozen=True)
+class SparsifyLayout:
+    "How a variant is written in sparsify's layout and read from it (`SparseCoderConfig` flags and extra tensors)."
+    transcode: bool = False # sparsify's `transcode`: it predicts another hook point's activations
+    skip_connection: bool = False # sparsify's `skip_connection`: a linear `W_skip` beside the latents
+    tensors: tuple = () # its own tensors, saved under the same names (e.g. `('W_skip',)`)
 
 VARIANTS: dict[str, Variant] = {}
 
@@ -196,7 +216,13 @@ def ghost_terms(sae, x, x_hat, h, *, pre_acts=None, dead_mask=None, **context):
     if not sae.cfg.use_ghost_grads or dead_mask is None or pre_acts is None: return {}
     return {'ghost_loss': (1.0, ghost_grads_loss(x, x_hat, pre_acts, dead_mask, sae.W_dec))}
 
-@register_variant('relu', sparsity=l1_sparsity, losses=ghost_terms)
+def _relu_to_saelens(sae, t):
+    if not sae.cfg.use_relu: raise UnsupportedFormat("relu with use_relu=False: a linear encoder has no SAELens "
+                                                     "architecture. Save it with sae.save()")
+    return {}
+
+@register_variant('relu', sparsity=l1_sparsity, losses=ghost_terms,
+                  formats={'saelens': SAELensLayout('standard', save=_relu_to_saelens)})
 def relu_encode(sae, pre):
     return Encoded(F.relu(pre) if sae.cfg.use_relu else pre)
 
@@ -220,7 +246,11 @@ def auxk_terms(sae, x, x_hat, h, *, pre_acts=None, dead_mask=None, **context):
     if sae.variant.encode_sparse: return {'auxk_loss': (c.auxk_coeff, sparse_auxk_loss(sae, x, x_hat, dead_mask))}
     return {}
 
-@register_variant('topk', encode_sparse=topk_encode_sparse, losses=auxk_terms, topk_style=True)
+def _topk_to_saelens(sae, t): return dict(k=sae.cfg.k, rescale_acts_by_decoder_norm=False)
+
+@register_variant('topk', encode_sparse=topk_encode_sparse, losses=auxk_terms, topk_style=True,
+                  formats={'saelens': SAELensLayout('topk', rescales=True, save=_topk_to_saelens),
+                           'sparsify': SparsifyLayout()})
 def topk_encode(sae, pre):
     vals, idx = pre.topk(sae.cfg.k, dim=-1, sorted=False)
     vals = F.relu(vals)
@@ -238,7 +268,26 @@ def _batchtopk_setup(sae):
     sae.register_buffer('threshold', torch.tensor(-1.0))  # -1: not estimated yet
     sae.threshold_beta = 0.99  # running-mean factor for θ
 
-@register_variant('batchtopk', setup=_batchtopk_setup, losses=auxk_terms, topk_style=True)
+def _threshold_to_saelens(sae, t):  # as SAELens saves a trained BatchTopK SAE: a JumpReLU with its threshold
+    if float(sae.threshold) < 0:
+        raise UnsupportedFormat(f"{sae.cfg.activation}: its inference threshold has not been learned yet. Train it "
+                                "(or run a batch through it in training mode) first")
+    t['threshold'] = torch.full((sae.cfg.latent_dim,), float(sae.threshold))
+    return {}
+
+def _threshold_from_saelens(lens, t, source):  # SAELens' BatchTopK training checkpoint
+    if 'rescale_acts_by_decoder_norm' not in lens:
+        raise UnsupportedFormat(f"{source}: a {lens['architecture']} training checkpoint without "
+            "rescale_acts_by_decoder_norm, so the file does not say whether its threshold applies to the "
+            "pre-activations times the decoder norms (SAELens' training default today) or to the pre-activations "
+            "alone. Add \"rescale_acts_by_decoder_norm\": true or false to cfg.json, as the SAE was trained")
+    if 'topk_threshold' not in t: raise CheckpointError(f"{source}: a BatchTopK checkpoint without its topk_threshold.")
+    t['threshold'] = t.pop('topk_threshold').reshape(())
+    return {}
+
+@register_variant('batchtopk', setup=_batchtopk_setup, losses=auxk_terms, topk_style=True,
+                  formats={'saelens': SAELensLayout('jumprelu', reads=('batchtopk',), rescales=True,
+                                                    save=_threshold_to_saelens, load=_threshold_from_saelens)})
 def batchtopk_encode(sae, pre):
     acts = F.relu(pre)
     if sae.training or sae.threshold < 0:
@@ -289,7 +338,15 @@ def l0_sparsity(sae, pre, h, sigma=1.0): # a count: the same at any scale, so si
     if pre is None: raise ValueError("The jumprelu L0 penalty needs the pre-activations: pass pre_acts=out.pre_acts.")
     return _Step.apply(pre, sae.log_threshold.exp(), sae.cfg.jumprelu_bandwidth).sum(-1).mean()
 
-@register_variant('jumprelu', setup=_jumprelu_setup, sparsity=l0_sparsity)
+def _jumprelu_to_saelens(sae, t): t['threshold'] = sae.log_threshold.detach().exp().float().cpu(); return {}
+
+def _jumprelu_from_saelens(lens, t, source):  # ours is exp(log θ) > 0; a θ ≤ 0 acts as 0 after the ReLU
+    t['log_threshold'] = t.pop('threshold').clamp(min=1e-30).log()
+    return {}
+
+@register_variant('jumprelu', setup=_jumprelu_setup, sparsity=l0_sparsity,
+                  formats={'saelens': SAELensLayout('jumprelu', save=_jumprelu_to_saelens,
+                                                    load=_jumprelu_from_saelens)})
 def jumprelu_encode(sae, pre):
     return Encoded(_JumpReLU.apply(pre, sae.log_threshold.exp(), sae.cfg.jumprelu_bandwidth))
 
@@ -319,7 +376,19 @@ def gated_aux_terms(sae, x, x_hat, h, *, pre_acts=None, variance=None, **context
     gate_hat = F.relu(pre_acts) @ sae.W_dec.detach() + sae.b_dec.detach()
     return {'gate_aux_loss': (weight, normalized_mse(x, gate_hat, variance))}
 
-@register_variant('gated', setup=_gated_setup, sparsity=gated_sparsity, losses=gated_aux_terms, settings=GatedSettings)
+def _gated_to_saelens(sae, t):
+    t['b_gate'] = t.pop('b_enc')
+    t.update({n: getattr(sae, n).detach().float().cpu() for n in ('r_mag', 'b_mag')})
+    return {}
+
+def _gated_from_saelens(lens, t, source):
+    t['b_enc'] = t.pop('b_gate')  # the gate's bias is our b_enc
+    if not lens.get('apply_b_dec_to_input', True):  # the magnitude path reads x − b_dec too, as in the shared fold
+        t['b_mag'] = t['b_mag'] + (t['b_dec'] @ t['W_enc']) * t['r_mag'].exp()
+    return {}
+
+@register_variant('gated', setup=_gated_setup, sparsity=gated_sparsity, losses=gated_aux_terms, settings=GatedSettings,
+                  formats={'saelens': SAELensLayout('gated', save=_gated_to_saelens, load=_gated_from_saelens)})
 def gated_encode(sae, pre):
     magnitude = F.relu((pre - sae.b_enc) * sae.r_mag.exp() + sae.b_mag)
     return Encoded((pre > 0).to(pre.dtype) * magnitude)
@@ -362,8 +431,14 @@ def prefix_terms(sae, x, x_hat, h, *, variance=None, out=None, **context):
     if losses: terms['prefix_loss'] = (weight, torch.stack(losses).sum())
     return terms
 
+def _matryoshka_from_saelens(lens, t, source):  # SAELens gives each nested dictionary's width; ours, the groups
+    _threshold_from_saelens(lens, t, source)
+    widths = sorted(set(int(w) for w in lens.get('matryoshka_widths') or []) | {int(lens['d_sae'])})
+    return {'variant_settings': {'group_sizes': [b - a for a, b in zip([0] + widths, widths)]}}
+
 @register_variant('matryoshka', setup=_batchtopk_setup, losses=prefix_terms, settings=MatryoshkaSettings,
-                  topk_style=True)
+                  topk_style=True, formats={'saelens': SAELensLayout('jumprelu', reads=('matryoshka_batchtopk',),
+                        rescales=True, save=_threshold_to_saelens, load=_matryoshka_from_saelens)})
 def matryoshka_encode(sae, pre): return batchtopk_encode(sae, pre)  # latents chosen as in BatchTopK
 
 # %% ../nbs/02_architecture.ipynb #7cb2fd9d
@@ -515,6 +590,9 @@ def TopKSae(n_latents:int, # latent_dim
 # %% ../nbs/02_architecture.ipynb #7f0f89aa
 class CheckpointError(ValueError):
     "A saved SAE or checkpoint cannot be read: missing, truncated, unsafe, or not matching its config."
+
+class UnsupportedFormat(CheckpointError):
+    "A saved SAE that sae_nb reads but cannot reproduce exactly (a variant or setting it does not have)."
 
 def _read_safetensors(path:Path) -> dict:
     if not path.is_file(): raise FileNotFoundError(f"No weights file at {path}.")

@@ -14,16 +14,14 @@ from fastcore.basics import patch
 from safetensors.torch import load_file, save_file
 
 from .config import SAEConfig, ConfigError, atomic_path, atomic_write_text, pick_device
-from .architecture import SparseAutoencoder, CheckpointError, _read_safetensors, _load_state, _safe_torch_load
+from .architecture import (SparseAutoencoder, CheckpointError, UnsupportedFormat, VARIANTS, SAELensLayout,
+                                 _read_safetensors, _load_state, _safe_torch_load)
 
 # %% auto #0
-__all__ = ['SAELENS_ARCHITECTURES', 'SAELENS_FORMAT_VERSION', 'SEED_NAMES', 'UnsupportedFormat', 'read_trainer_checkpoint',
-           'save_trainer_checkpoint', 'detect_format', 'check_interchange_case', 'interchange_report']
+__all__ = ['SAELENS_FORMAT_VERSION', 'SEED_NAMES', 'saelens_architectures', 'read_trainer_checkpoint', 'save_trainer_checkpoint',
+           'detect_format', 'check_interchange_case', 'interchange_report']
 
 # %% ../nbs/02b_formats.ipynb #e635b6d7
-class UnsupportedFormat(CheckpointError):
-    "A saved SAE that sae_nb reads but cannot reproduce exactly (a variant or setting it does not have)."
-
 def _refuse(source, what:str, fix:str):
     raise UnsupportedFormat(f"{source}: {what}. {fix}")
 
@@ -47,9 +45,14 @@ def _build(activation:str, tensors:dict, source, k:int=32, settings:Optional[dic
     return sae.eval()
 
 # %% ../nbs/02b_formats.ipynb #749b2d36
-_RESCALING = ('topk', 'batchtopk', 'matryoshka_batchtopk')  # SAELens reads rescale_acts_by_decoder_norm for these only
-SAELENS_ARCHITECTURES = {'standard': 'relu', 'topk': 'topk', 'jumprelu': 'jumprelu', 'gated': 'gated',
-                         'batchtopk': 'batchtopk', 'matryoshka_batchtopk': 'matryoshka'}
+def saelens_architectures() -> dict:
+    "Each SAELens architecture sae_nb reads, and the registered variant it is read as (from each `SAELensLayout`)."
+    return {arch: name for name, v in VARIANTS.items() if 'saelens' in v.formats
+            for arch in v.formats['saelens'].read_names()}
+
+def _saelens_layout(arch:str) -> SAELensLayout:
+    return VARIANTS[saelens_architectures()[arch]].formats['saelens']
+
 _SAELENS_ARITHMETIC = {'architecture', 'd_in', 'd_sae', 'dtype', 'apply_b_dec_to_input', 'normalize_activations',
                        'rescale_acts_by_decoder_norm', 'k', 'activation_fn', 'activation_fn_str',
                        'activation_fn_kwargs', 'finetuning_scaling_factor', 'sae_nb_config'}
@@ -97,10 +100,11 @@ def _saelens_pre6(lens:dict) -> dict:
 # %% ../nbs/02b_formats.ipynb #0ee4cf2f
 def _check_saelens_fields(lens:dict, source, ignore_fields) -> None:
     arch, act = lens.get('architecture', 'standard'), lens.get('activation_fn', 'relu')
-    if arch in _SAELENS_REFUSED: _refuse(source, f"architecture {arch!r} is {_SAELENS_REFUSED[arch]}, "
-                                         "which sae_nb does not have", "Use SAELens to run it")
-    if arch not in SAELENS_ARCHITECTURES: _refuse(source, f"unknown architecture {arch!r}",
-                                                  f"sae_nb reads {', '.join(SAELENS_ARCHITECTURES)}")
+    known = saelens_architectures()  # a variant registered for an architecture reads it, even one refused below
+    if arch in _SAELENS_REFUSED and arch not in known:
+        _refuse(source, f"architecture {arch!r} is {_SAELENS_REFUSED[arch]}, which sae_nb does not have",
+                "Use SAELens to run it")
+    if arch not in known: _refuse(source, f"unknown architecture {arch!r}", f"sae_nb reads {', '.join(known)}")
     unknown = sorted(set(lens) - _SAELENS_ARITHMETIC - _SAELENS_NO_EFFECT - set(ignore_fields))
     if unknown: _refuse(source, f"cfg.json has settings sae_nb does not know: {', '.join(unknown)}",
                         "They may change what the SAE computes. If you have checked that they do not, pass "
@@ -109,11 +113,6 @@ def _check_saelens_fields(lens:dict, source, ignore_fields) -> None:
                                             "Use SAELens to run it")
     if isinstance(lens.get('k'), float) and not float(lens['k']).is_integer() and arch == 'topk':
         _refuse(source, f"k={lens['k']} is not a whole number of latents", "Give a TopK SAE an integer k")
-    if arch in ('batchtopk', 'matryoshka_batchtopk') and 'rescale_acts_by_decoder_norm' not in lens:
-        _refuse(source, f"a {arch} training checkpoint without rescale_acts_by_decoder_norm, so the file does not say "
-                "whether its threshold applies to the pre-activations times the decoder norms (SAELens' training "
-                "default today) or to the pre-activations alone",
-                "Add \"rescale_acts_by_decoder_norm\": true or false to cfg.json, as the SAE was trained")
     norm = lens.get('normalize_activations', 'none')
     if norm in ('layer_norm', 'constant_norm_rescale'):
         _refuse(source, f"normalize_activations={norm!r} normalises each token by its own "
@@ -122,15 +121,15 @@ def _check_saelens_fields(lens:dict, source, ignore_fields) -> None:
 
 # %% ../nbs/02b_formats.ipynb #c6f16882
 @torch.no_grad()
-def _saelens_tensors(lens:dict, t:dict, folder:Path, source) -> dict:
-    "SAELens weights as ours: each setting folded in (see the table above)."
+def _saelens_tensors(lens:dict, t:dict, folder:Path, source) -> tuple:
+    "SAELens weights as ours, each setting folded in (see the table above), and the settings the variant reads."
     dtype = getattr(torch, str(lens.get('dtype', 'float32')).replace('torch.', ''), None)
     if not isinstance(dtype, torch.dtype): _refuse(source, f"dtype={lens.get('dtype')!r} is not a torch dtype",
                                                    "Fix cfg.json")
     # the weights SAELens runs (in the cfg's dtype); folded in float64
     t = {n: v.to(dtype).double() for n, v in t.items()}
-    arch = lens['architecture']
-    if arch == 'gated': t['b_enc'] = t.pop('b_gate')  # the gate's bias is our b_enc
+    layout = _saelens_layout(lens['architecture'])
+    settings = layout.load(lens, t, source) if layout.load else {}  # the variant's own tensors, in our names
     if 'scaling_factor' in t:  # pre-6: latents × s before decoding; SAELens drops an all-ones one saved by mistake
         s = t.pop('scaling_factor')
         if lens.get('finetuning_scaling_factor'): t['W_dec'] = t['W_dec'] * s[:, None]
@@ -141,13 +140,12 @@ def _saelens_tensors(lens:dict, t:dict, folder:Path, source) -> dict:
     if not lens.get('apply_b_dec_to_input', True):  # x·W + b  =  (x − b_dec)·W + (b + b_dec·W)
         shift = t['b_dec'] @ t['W_enc']
         t['b_enc'] = t['b_enc'] + shift  # the pre-activations are unchanged, so a threshold stays as it is
-        if arch == 'gated': t['b_mag'] = t['b_mag'] + shift * t['r_mag'].exp()  # the magnitude path, likewise
     # pre·n picks the latents, divided by n to decode
-    if lens.get('rescale_acts_by_decoder_norm') and arch in _RESCALING:
+    if lens.get('rescale_acts_by_decoder_norm') and layout.rescales:
         n = t['W_dec'].norm(dim=-1)
         t['W_enc'], t['b_enc'], t['W_dec'] = t['W_enc'] * n, t['b_enc'] * n, t['W_dec'] / n[:, None]
     t = _saelens_normalisation(lens.get('normalize_activations', 'none'), t, folder, source)
-    return t
+    return t, settings
 
 def _saelens_normalisation(norm:str, t:dict, folder:Path, source) -> dict:
     "Fold the input scaling and whitening SAELens' trainer applied (saved beside its checkpoints) into the weights."
@@ -182,45 +180,24 @@ def load_saelens(cls:SparseAutoencoder, path:str|Path, # a folder with SAELens' 
     if _saelens_version(lens) < (6, 0): lens = _saelens_pre6(lens)
     source = path/'cfg.json'
     _check_saelens_fields(lens, source, ignore_fields)
-    tensors = _saelens_tensors(lens, _read_safetensors(path/'sae_weights.safetensors'), path, source)
-    activation = SAELENS_ARCHITECTURES[lens['architecture']]
-    if 'threshold' in tensors and activation == 'jumprelu':  # ours is exp(log θ) > 0; θ ≤ 0 acts as 0 after the ReLU
-        tensors['log_threshold'] = tensors.pop('threshold').clamp(min=1e-30).log()
-    settings = dict(lens.get('sae_nb_config') or {})
-    if activation in ('batchtopk', 'matryoshka'):
-        if 'topk_threshold' not in tensors:
-            raise CheckpointError(f"{source}: a BatchTopK checkpoint without its topk_threshold.")
-        tensors['threshold'] = tensors.pop('topk_threshold').reshape(())
-    if activation == 'matryoshka':  # SAELens gives each nested dictionary's width; ours are the groups between them
-        widths = sorted(set(int(w) for w in lens.get('matryoshka_widths') or []) | {int(lens['d_sae'])})
-        settings['variant_settings'] = {'group_sizes': [b - a for a, b in zip([0] + widths, widths)]}
+    tensors, own = _saelens_tensors(lens, _read_safetensors(path/'sae_weights.safetensors'), path, source)
+    settings = {**(lens.get('sae_nb_config') or {}), **own}
     k = lens.get('k') or 100  # SAELens' own default
-    sae = _build(activation, tensors, source, k=k, settings=settings)
+    sae = _build(saelens_architectures()[lens['architecture']], tensors, source, k=k, settings=settings)
     sae.metadata = {'format': 'saelens', **(lens.get('metadata') or {}),
                     **{n: lens[n] for n in ('model_name', 'hook_name') if n in lens}}
     return sae.to(pick_device(device or sae.cfg.device))
 
 # %% ../nbs/02b_formats.ipynb #ea979574
-_TO_SAELENS = {'relu': 'standard', 'topk': 'topk', 'batchtopk': 'jumprelu', 'jumprelu': 'jumprelu', 'gated': 'gated',
-               'matryoshka': 'jumprelu'}  # BatchTopK-style SAEs as JumpReLU with their threshold, as SAELens saves them
 SAELENS_FORMAT_VERSION = '6.0.0'  # the SAELens layout these files follow
 
-def _saelens_export_tensors(sae:SparseAutoencoder) -> dict:
-    c = sae.cfg
-    if c.activation not in _TO_SAELENS: _refuse(c.activation, "SAELens has no such architecture",
-                                                "Save it with sae.save()")
-    if c.activation == 'relu' and not c.use_relu:
-        _refuse('relu with use_relu=False', "a linear encoder has no SAELens architecture", "Save it with sae.save()")
+def _saelens_export(sae:SparseAutoencoder) -> tuple:
+    "The tensors and cfg fields SAELens reads, from the variant's `SAELensLayout`."
+    layout = sae.variant.formats.get('saelens')
+    if layout is None: _refuse(sae.cfg.activation, "SAELens has no such architecture", "Save it with sae.save()")
     t = {n: getattr(sae, n).detach().float().cpu().contiguous() for n in ('W_enc', 'b_enc', 'W_dec', 'b_dec')}
-    if c.activation == 'jumprelu': t['threshold'] = sae.log_threshold.detach().exp().float().cpu()
-    if 'threshold' in dict(sae.named_buffers()):  # BatchTopK-style: one learned threshold, as SAELens' JumpReLU
-        if float(sae.threshold) < 0: _refuse(c.activation, "its inference threshold has not been learned yet",
-                                             "Train it (or run a batch through it in training mode) first")
-        t['threshold'] = torch.full((c.latent_dim,), float(sae.threshold))
-    if c.activation == 'gated':
-        t['b_gate'] = t.pop('b_enc')
-        t.update({n: getattr(sae, n).detach().float().cpu() for n in ('r_mag', 'b_mag')})
-    return t
+    fields = layout.save(sae, t) if layout.save else {}
+    return t, {'architecture': layout.architecture, **fields}
 
 @patch
 def save_saelens(self:SparseAutoencoder, path:str|Path, # a folder; created if needed
@@ -229,15 +206,14 @@ def save_saelens(self:SparseAutoencoder, path:str|Path, # a folder; created if n
                 ) -> Path:
     "Write the SAELens ≥ 6 layout: `cfg.json` + `sae_weights.safetensors` (input scale folded into the weights)."
     path, c, sae = Path(path), self.cfg, self.folded()
-    tensors = _saelens_export_tensors(sae)
+    tensors, own = _saelens_export(sae)
     kept = {n: v for n, v in (getattr(self, 'metadata', None) or {}).items() if n != 'format'}
     meta = {**kept, **(metadata or {}), 'sae_lens_version': SAELENS_FORMAT_VERSION}
     meta.update({n: v for n, v in (('model_name', model_name), ('hook_name', hook_name)) if v})
-    cfg = dict(architecture=_TO_SAELENS[c.activation], d_in=c.input_dim, d_sae=c.latent_dim, dtype='float32',
+    cfg = dict(architecture=own.pop('architecture'), d_in=c.input_dim, d_sae=c.latent_dim, dtype='float32',
                device='cpu', apply_b_dec_to_input=True, normalize_activations='none',
                reshape_activations='hook_z' if (meta.get('hook_name') or '').endswith('hook_z') else 'none',
-               metadata=meta, sae_nb_config=sae.cfg.to_dict())
-    if c.activation == 'topk': cfg.update(k=c.k, rescale_acts_by_decoder_norm=False)
+               metadata=meta, sae_nb_config=sae.cfg.to_dict(), **own)
     with atomic_path(path/'sae_weights.safetensors') as tmp: save_file(tensors, str(tmp))
     atomic_write_text(path/'cfg.json', json.dumps(cfg, indent=2))
     return path
@@ -245,6 +221,11 @@ def save_saelens(self:SparseAutoencoder, path:str|Path, # a folder; created if n
 # %% ../nbs/02b_formats.ipynb #1654f244
 _SPARSIFY_FIELDS = {'d_in', 'activation', 'expansion_factor', 'normalize_decoder', 'num_latents', 'k', 'multi_topk',
                     'skip_connection', 'transcode'}
+
+def _sparsify_variant(transcode:bool, skip_connection:bool) -> Optional[str]:
+    "The registered variant whose `SparsifyLayout` has these flags (None: none has)."
+    return next((name for name, v in VARIANTS.items() if (layout := v.formats.get('sparsify'))
+                 and (layout.transcode, layout.skip_connection) == (transcode, skip_connection)), None)
 
 def _read_sparsify(path:Path, ignore_fields=()) -> SparseAutoencoder:
     source = path/'cfg.json'
@@ -254,19 +235,22 @@ def _read_sparsify(path:Path, ignore_fields=()) -> SparseAutoencoder:
                         f"If you have checked that they change nothing, pass ignore_fields={tuple(unknown)!r}")
     if cfg.get('activation', 'topk') != 'topk':
         _refuse(source, f"activation {cfg['activation']!r} is not one sae_nb has", "Use sparsify to run it")
-    if cfg.get('transcode'): _refuse(source, "it is a transcoder (it maps one hook point to another)",
-                                     "Use sparsify to run it")
-    if cfg.get('skip_connection'): _refuse(source, "it has a skip connection (W_skip)", "Use sparsify to run it")
+    flags = (bool(cfg.get('transcode')), bool(cfg.get('skip_connection')))
+    variant = _sparsify_variant(*flags)
+    if variant is None:
+        what = {(True, False): "a transcoder (it maps one hook point to another)", (False, True): "an SAE with a skip "
+                "connection (W_skip)", (True, True): "a skip-transcoder"}[flags]
+        _refuse(source, f"it is {what}, which sae_nb does not have", "Use sparsify to run it")
     t = _read_safetensors(path/'sae.safetensors')
-    need = {'encoder.weight', 'encoder.bias', 'W_dec', 'b_dec'}
+    need = {'encoder.weight', 'encoder.bias', 'W_dec', 'b_dec', *VARIANTS[variant].formats['sparsify'].tensors}
     if not need <= set(t):
         raise CheckpointError(f"{path/'sae.safetensors'} lacks {sorted(need - set(t))}: not a sparsify SAE.")
     tensors = {'W_enc': t['encoder.weight'].T.contiguous(), 'b_enc': t['encoder.bias'], 'W_dec': t['W_dec'],
-               'b_dec': t['b_dec']}
+               'b_dec': t['b_dec'], **{n: t[n] for n in VARIANTS[variant].formats['sparsify'].tensors}}
     if tensors['W_enc'].shape[0] != cfg.get('d_in'):
         raise CheckpointError(f"{path}: d_in={cfg.get('d_in')} in cfg.json, but "
                               f"the encoder reads {tensors['W_enc'].shape[0]}.")
-    sae = _build('topk', tensors, source, k=cfg.get('k', 32))
+    sae = _build(variant, tensors, source, k=cfg.get('k', 32))
     sae.metadata = {'format': 'sparsify', 'hookpoint': path.name}
     return sae
 
@@ -295,17 +279,20 @@ def load_sparsify(cls:SparseAutoencoder, path:str|Path, # a hook point's folder,
 def save_sparsify(self:SparseAutoencoder, path:str|Path, # the SAE's folder (or, with `hookpoint`, the run's folder)
                   hookpoint:Optional[str]=None # write into `path/hookpoint`, as sparsify lays out several hook points
                  ) -> Path:
-    "Write the sparsify layout: `cfg.json` + `sae.safetensors` (TopK SAEs only; input scale folded in)."
+    "Write the sparsify layout: `cfg.json` + `sae.safetensors` (a variant with a `SparsifyLayout`; input scale folded)."
     sae, c = self.folded(), self.cfg
-    if c.activation != 'topk': _refuse(c.activation, "sparsify runs only per-token TopK SAEs",
-                                       "Save it with save_saelens() or sae.save()")
+    layout = self.variant.formats.get('sparsify')
+    if layout is None: _refuse(c.activation, "sparsify runs only per-token TopK SAEs",
+                               "Save it with save_saelens() or sae.save()")
     path = Path(path)/hookpoint if hookpoint else Path(path)
     tensors = {'encoder.weight': sae.W_enc.detach().T.float().cpu().contiguous(),
                'encoder.bias': sae.b_enc.detach().float().cpu(),
-               'W_dec': sae.W_dec.detach().float().cpu().contiguous(), 'b_dec': sae.b_dec.detach().float().cpu()}
+               'W_dec': sae.W_dec.detach().float().cpu().contiguous(), 'b_dec': sae.b_dec.detach().float().cpu(),
+               **{n: getattr(sae, n).detach().float().cpu().contiguous() for n in layout.tensors}}
     unit = bool(torch.allclose(tensors['W_dec'].norm(dim=-1), torch.ones(c.latent_dim), atol=1e-4))
     cfg = dict(activation='topk', expansion_factor=max(1, c.latent_dim // c.input_dim), normalize_decoder=unit,
-               num_latents=c.latent_dim, k=c.k, multi_topk=False, skip_connection=False, transcode=False,
+               num_latents=c.latent_dim, k=c.k, multi_topk=False, skip_connection=layout.skip_connection,
+               transcode=layout.transcode,
                d_in=c.input_dim)
     with atomic_path(path/'sae.safetensors') as tmp: save_file(tensors, str(tmp))
     atomic_write_text(path/'cfg.json', json.dumps(cfg))
