@@ -1,5 +1,6 @@
 """The variant design is open: a variant defined here, outside the package, registered by name, trains, logs its own
-loss term, evaluates, saves, loads, resumes exactly and sweeps, with no change to sae_nb."""
+loss term, evaluates, saves, loads, resumes exactly, sweeps and is written in SAELens' layout, with no change to
+sae_nb."""
 import math
 from dataclasses import dataclass, replace
 
@@ -8,7 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from sae_nb.architecture import Encoded, SparseAutoencoder, VARIANTS, register_variant
+from sae_nb.architecture import Encoded, SparseAutoencoder, VARIANTS, register_variant, SAELensLayout, UnsupportedFormat
 from sae_nb.config import SAEConfig, ConfigError
 from sae_nb.evaluation import evaluate
 from sae_nb.sweep import train_sweep
@@ -29,7 +30,13 @@ def _setup(sae): sae.gain = nn.Parameter(torch.ones(sae.cfg.latent_dim))  # a pa
 def _energy(sae, x, x_hat, h, **context):  # a loss term of its own, under its own name
     return {'energy_loss': (sae.cfg.variant.energy_coeff, h.pow(2).sum(-1).mean() / context['variance'])}
 
-@register_variant('shifted_relu', setup=_setup, losses=_energy, settings=ShiftSettings)
+def _to_saelens(sae, t):  # relu(pre − shift)·gain is SAELens' standard SAE with the shift in b_enc, the gain in W_dec
+    t['b_enc'] = t['b_enc'] - sae.cfg.variant.shift
+    t['W_dec'] = t['W_dec'] * sae.gain.detach()[:, None]
+    return {}
+
+@register_variant('shifted_relu', setup=_setup, losses=_energy, settings=ShiftSettings,
+                  formats={'saelens': SAELensLayout('standard', reads=(), save=_to_saelens)})
 def shifted_relu(sae, pre): return Encoded(F.relu(pre - sae.cfg.variant.shift) * sae.gain)
 
 
@@ -95,3 +102,21 @@ def test_resampling_restarts_a_variants_own_parameters():
     assert resample_dead_latents(sae, optimizer, x, sae(x).x_hat.detach(), dead) == 5
     assert (sae.r_mag[:5] == 0).all() and (sae.b_mag[:5] == 0).all()
     assert (sae.r_mag[5:] == 0.5).all() and (sae.b_mag[5:] == 0.3).all()
+
+def test_it_maps_to_saelens_through_its_own_layout(tmp_path):
+    "Its layout alone makes `save_saelens` write it; SAELens' standard SAE (read back as relu) computes the same."
+    sae = SparseAutoencoder(SAEConfig(input_dim=16, expansion_factor=4, activation='shifted_relu',
+                                      variant_settings={'shift': 0.2}, seed=3), device='cpu').eval()
+    with torch.no_grad(): sae.gain.uniform_(0.5, 2.0); sae.b_enc.normal_(0, 0.3)
+    sae.save_saelens(tmp_path/'lens')
+    back = SparseAutoencoder.load_saelens(tmp_path/'lens').eval()
+    assert back.cfg.activation == 'relu'  # it reads 'standard' no more than before: relu still does
+    x = torch.randn(32, 16)
+    with torch.no_grad(): torch.testing.assert_close(back(x).x_hat, sae(x).x_hat, atol=1e-5, rtol=1e-5)
+    # a variant with no layout is refused by name
+    VARIANTS['no_layout'] = replace(VARIANTS['shifted_relu'], formats={})
+    try:
+        plain = SparseAutoencoder(SAEConfig(input_dim=16, expansion_factor=4, activation='no_layout'), device='cpu')
+        with pytest.raises(UnsupportedFormat, match="no_layout: SAELens has no such architecture"):
+            plain.save_saelens(tmp_path/'none')
+    finally: del VARIANTS['no_layout']
