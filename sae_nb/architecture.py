@@ -49,6 +49,8 @@ class Variant:
     losses: Optional[Callable] = None # (sae, x, x_hat, h, **context) -> {name: (weight, scalar)}: terms of its own
     settings: Optional[type] = None # a dataclass of its own settings, given as `SAEConfig.variant_settings`
     topk_style: bool = False # keeps k latents per token: k must fit in latent_dim, and AuxK revives dead latents
+    transcodes: bool = False # predicts the batch's `target` from its input: b_dec is the output's bias, not the input's
+    skip: Optional[Callable] = None # (sae, x [batch, input_dim]) -> [batch, input_dim]: added to the output
     formats: dict = field(default_factory=dict) # {'saelens': SAELensLayout, 'sparsify': SparsifyLayout}: other layouts
 
 @dataclass(frozen=True)
@@ -133,7 +135,7 @@ class SparseAutoencoder(nn.Module):
         return [p for n, p in self.named_parameters() if not n.startswith('probe.')]
 
 # %% ../nbs/02_architecture.ipynb #582a8f8c
-def _pre_acts(sae, x): return (x - sae.b_dec) @ sae.W_enc + sae.b_enc
+def _pre_acts(sae, x): return (x if sae.variant.transcodes else x - sae.b_dec) @ sae.W_enc + sae.b_enc
 
 @patch
 def _sync_scale(self:SparseAutoencoder): self._scale = float(self.input_scale)
@@ -204,6 +206,7 @@ def forward(self:SparseAutoencoder, x:torch.Tensor # [batch, input_dim]
             x_hat = decode_fn(enc.top_vals, enc.top_idx, self.W_dec, enc.groups)
         x_hat = self.unscale_output(x_hat + self.b_dec)
     else: x_hat = self.decode(enc.h)
+    if self.variant.skip: x_hat = x_hat + self.variant.skip(self, x)  # on the raw input: input_scale cancels out
     return SAEOutput(x_hat, enc.h, pre, enc.top_vals, enc.top_idx, self.cfg.latent_dim)
 
 # %% ../nbs/02_architecture.ipynb #f7793d11
