@@ -269,7 +269,7 @@ def dense_twin(sae:SparseAutoencoder) -> SparseAutoencoder:
 # %% ../nbs/02_architecture.ipynb #6ec4fbd5
 def _batchtopk_setup(sae):
     sae.register_buffer('threshold', torch.tensor(-1.0))  # -1: not estimated yet
-    sae.threshold_beta = 0.99  # running-mean factor for θ
+    sae.threshold_beta = 0.9  # running-mean factor for θ: a window of about 10 batches (see above)
 
 def _threshold_to_saelens(sae, t):  # as SAELens saves a trained BatchTopK SAE: a JumpReLU with its threshold
     if float(sae.threshold) < 0:
