@@ -8,13 +8,14 @@ import json
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Optional
 
 import torch
 from fastcore.test import test_eq, test_close, test_fail
 
 # %% auto #0
-__all__ = ['gpt2_tokenizer', 'tiny_gpt2', 'SyntheticActivations', 'synthetic_activations', 'assert_close',
-           'check_matches_reference']
+__all__ = ['gpt2_tokenizer', 'tiny_gpt2', 'SyntheticActivations', 'synthetic_activations', 'hierarchical_activations',
+           'assert_close', 'check_matches_reference']
 
 # %% ../nbs/00_testing.ipynb #c1662561
 @lru_cache(maxsize=1)
@@ -56,11 +57,14 @@ class SyntheticActivations:
     codes: torch.Tensor # [n_tokens, n_features] true (non-negative) feature magnitudes
     frequencies: torch.Tensor # [n_features] probability that each feature fires on a token
     mean: torch.Tensor # [input_dim] the offset added to every token
+    parents: Optional[torch.Tensor] = None # [n_features] each feature's parent feature (-1: none); None: no hierarchy
 
     def _repr_markdown_(self):
         l0 = (self.codes > 0).sum(-1).float().mean().item()
+        tree = '' if self.parents is None else (f", {int((self.parents < 0).sum())} parents with "
+                                                f"{int((self.parents >= 0).sum())} children")
         return (f"**SyntheticActivations**: {self.x.shape[0]:,} tokens × {self.x.shape[1]} dims, "
-                f"{self.dictionary.shape[0]} true features, mean L0 {l0:.1f}")
+                f"{self.dictionary.shape[0]} true features{tree}, mean L0 {l0:.1f}")
 
 # %% ../nbs/00_testing.ipynb #99ab15ba
 def synthetic_activations(n_tokens:int=4096, # rows of activations
@@ -89,6 +93,50 @@ def synthetic_activations(n_tokens:int=4096, # rows of activations
     mean = mean * mean_norm / mean.norm()
     x = codes @ dictionary + mean + noise * torch.randn(n_tokens, input_dim, generator=g)
     return SyntheticActivations(x, dictionary, codes, freq, mean)
+
+# %% ../nbs/00_testing.ipynb #72e6c392
+def _zipf(n:int, power:float) -> torch.Tensor: return (torch.arange(n) + 1.0) ** -power
+
+def hierarchical_activations(n_tokens:int=16384, # rows of activations
+                             input_dim:int=64, # width of each activation
+                             n_parents:int=8, # features at the top of the hierarchy
+                             children_per_parent:int=4, # features under each parent
+                             parents_active:float=2.0, # expected number of parents firing per token
+                             child_prob:float=0.8, # probability that a firing parent has one of its children firing
+                             power:float=0.5, # frequencies fall as (i+1)^-power, among parents and among siblings
+                             magnitudes:tuple=(0.5, 2.0), # range of the features' typical magnitudes
+                             noise:float=0.01, # std of the Gaussian noise added to each coordinate
+                             mean_norm:float=1.0, # norm of the constant offset added to every token
+                             seed:int=0, # everything is drawn from this seed
+                            ) -> SyntheticActivations:
+    "Activations of parent features and children that fire only with their parent, with a known dictionary, seeded."
+    if not 0 < parents_active <= n_parents:
+        raise ValueError(f"parents_active={parents_active} must be in (0, n_parents={n_parents}].")
+    if not 0 <= child_prob <= 1: raise ValueError(f"child_prob={child_prob} is a probability: give one in [0, 1].")
+    lo, hi = magnitudes
+    if not 0 < lo <= hi: raise ValueError(f"magnitudes={magnitudes} must be (low, high) with 0 < low <= high.")
+    g, P, C = torch.Generator().manual_seed(seed), n_parents, children_per_parent
+    n = P * (1 + C)  # parents first, then each parent's children in turn
+    parents = torch.cat([torch.full((P,), -1), torch.arange(P).repeat_interleave(C)])
+    dictionary = torch.randn(max(n, input_dim), input_dim, generator=g)
+    if n <= input_dim: dictionary = torch.linalg.qr(dictionary)[0]  # orthonormal rows
+    dictionary = torch.nn.functional.normalize(dictionary[:n], dim=-1)
+    scale = 1.0
+    for _ in range(100):  # rescale until the parents' frequencies, capped at 1, sum to parents_active
+        parent_freq = (_zipf(P, power) * scale).clamp(max=1.0)
+        scale *= parents_active / parent_freq.sum().item()
+    sibling = _zipf(C, power) / _zipf(C, power).sum() * child_prob  # P(this child | its parent fires)
+    freq = torch.cat([parent_freq, (parent_freq[:, None] * sibling).flatten()])
+    parent_fires = torch.rand(n_tokens, P, generator=g) < parent_freq
+    u, edges = torch.rand(n_tokens, P, 1, generator=g), torch.cat([torch.zeros(1), sibling.cumsum(0)])
+    child_fires = (u >= edges[:-1]) & (u < edges[1:]) & parent_fires[..., None]  # [tokens, P, C]: one child at most
+    fires = torch.cat([parent_fires, child_fires.flatten(1)], 1)
+    typical = lo * (hi / lo) ** torch.rand(n, generator=g)
+    codes = torch.where(fires, typical * (0.75 + 0.5 * torch.rand(n_tokens, n, generator=g)), torch.zeros(()))
+    mean = torch.randn(input_dim, generator=g)
+    mean = mean * mean_norm / mean.norm()
+    x = codes @ dictionary + mean + noise * torch.randn(n_tokens, input_dim, generator=g)
+    return SyntheticActivations(x, dictionary, codes, freq, mean, parents)
 
 # %% ../nbs/00_testing.ipynb #bbfa2e64
 def _as_tuple(o): return tuple(o) if isinstance(o, (tuple, list)) else (o,)
