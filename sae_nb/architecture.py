@@ -651,3 +651,4 @@ def load(cls:SparseAutoencoder, path:str|Path, # a folder written by `save`
 
 # %% ../nbs/02_architecture.ipynb #1e025556
 import sae_nb.formats  # patches the readers and writers of other layouts onto SparseAutoencoder
+import sae_nb.transcoders  # registers the transcoder and skip_transcoder variants (02c_transcoders)
