@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Optional, Union
 
 import torch
+import torch.nn.functional as F
 
 from .config import atomic_write_text
 from .data import Captured, ActivationStore, iter_captures
@@ -21,7 +22,8 @@ from .evaluation import splice
 __all__ = ['encode_all', 'captured_from_store', 'top_activations', 'pick_features', 'plot_feature_histograms', 'Example',
            'Contexts', 'top_examples', 'examples_text', 'examples_html', 'examples_at', 'md_escape',
            'examples_markdown', 'final_norm', 'through_norm', 'feature_logits', 'feature_summaries', 'save_summaries',
-           'feature_page', 'export_feature_pages', 'FeatureBrowser', 'detect', 'steer']
+           'feature_page', 'export_feature_pages', 'FeatureBrowser', 'detect', 'steer', 'feature_absorption',
+           'feature_splitting']
 
 # %% ../nbs/07_analysis.ipynb #8d6a37a3
 @torch.no_grad()
@@ -336,3 +338,37 @@ def steer(model, sae, layer, features:dict, # {feature: alpha}
         target = torch.zeros_like(current) if mode == 'zero' else alphas.to(acts).expand_as(current)
         return acts + (target - current) @ atoms
     with splice(model, layer, edit): yield   # the hook of 06_evaluation, removed on exit and on error
+
+# %% ../nbs/07_analysis.ipynb #9dce1bfc
+@torch.no_grad()
+def feature_absorption(sae, data, # `SyntheticActivations` with a hierarchy (`hierarchical_activations`)
+                       batch_size:int=8192) -> dict:
+    "Per parent feature [n_parents]: its `latent`, `miss_rate`, `absorbed`, `child_parent_cos`, `parent_cos` (above)."
+    if data.parents is None:
+        raise ValueError("feature_absorption needs features in a hierarchy: make the data with "
+                         "hierarchical_activations (its `parents` says which feature is whose child).")
+    was_training = sae.training
+    h = encode_all(sae.eval(), data.x, batch_size)
+    sae.train(was_training)
+    W_dec, truth = sae.W_dec.float().cpu() / sae._scale, data.dictionary.float()  # decoder rows in raw units
+    cos = F.normalize(truth, dim=-1) @ F.normalize(W_dec, dim=-1).T  # [n_features, latent_dim]
+    best, fires = cos.argmax(-1), data.codes > 0
+    out = {k: [] for k in ('latent', 'miss_rate', 'absorbed', 'child_parent_cos', 'parent_cos')}
+    for p in (data.parents < 0).nonzero().squeeze(1).tolist():
+        kids, latent = (data.parents == p).nonzero().squeeze(1), best[p]
+        rows = fires[:, p] & fires[:, kids].any(-1)  # the parent and one of its children
+        along = h[rows] * (W_dec @ truth[p])  # [tokens, latent_dim]: what each latent writes along the parent
+        others = along.sum() - along[:, latent].sum()
+        out['miss_rate'].append((h[rows, latent] == 0).float().mean() if rows.any() else torch.tensor(math.nan))
+        out['absorbed'].append(others / data.codes[rows, p].sum() if rows.any() else torch.tensor(math.nan))
+        out['child_parent_cos'].append(cos[p, best[kids]].mean() if len(kids) else torch.tensor(math.nan))
+        out['parent_cos'].append(cos[p, latent]); out['latent'].append(latent)
+    return {k: torch.stack(v) for k, v in out.items()}
+
+def feature_splitting(W_dec:torch.Tensor, # [latent_dim, input_dim] learned atoms
+                      dictionary:torch.Tensor, # [n_features, input_dim] true feature directions
+                      min_cos:float=0.8) -> torch.Tensor: # [n_features] latents matching each feature
+    "How many latents match each true feature: those whose nearest true feature it is, at cosine ≥ `min_cos`."
+    cos = F.normalize(dictionary.float(), dim=-1) @ F.normalize(W_dec.detach().float().cpu(), dim=-1).T
+    top, nearest = cos.max(0)
+    return torch.bincount(nearest[top >= min_cos], minlength=len(dictionary))
