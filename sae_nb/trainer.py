@@ -22,7 +22,7 @@ from .data import ActivationSource, InMemoryActivations, Batch, Captured, as_bat
 
 # %% auto #0
 __all__ = ['CORE_METRICS', 'ARCHITECTURE_FIELDS', 'BENCH_SCRIPT', 'lr_factor', 'TrainingMetrics', 'TrainingState',
-           'update_dead_counters', 'fired_latents', 'resample_dead_latents', 'train_step', 'Callback',
+           'update_dead_counters', 'fired_latents', 'resample_dead_latents', 'train_step', 'target_of', 'Callback',
            'ProgressCallback', 'WandbCallback', 'checkpoint_name', 'list_checkpoints', 'latest_checkpoint',
            'save_checkpoint', 'load_checkpoint', 'CheckpointCallback', 'SAETrainer', 'check_source', 'hold_out_eval',
            'latent_change', 'train_sae', 'benchmark_training']
@@ -48,7 +48,8 @@ class TrainingMetrics:
     step:int; tokens:int; loss:float
     recon_loss:float; l1_loss:float; decorr_loss:float; probe_loss:float; temporal_loss:float; auxk_loss:float
     ghost_loss:float
-    r2:float; fvu:float; l0:float; dead_features:int; dead_fraction:float; frac_active:float
+    r2:float; fvu:float # of the reconstruction, or of the predicted target when the batches carry one (transcoders)
+    l0:float; dead_features:int; dead_fraction:float; frac_active:float
     lr:float; time_per_step:float; tokens_per_s:float
     terms:dict = field(default_factory=dict) # a variant's own loss terms (02_architecture), by name
 
@@ -69,7 +70,7 @@ class TrainingState:
     best_eval_loss:float = math.inf # best evaluation loss so far
     evals_since_best:int = 0 # evaluations since it improved
     eval_x:Optional[torch.Tensor] = None # [tokens, input_dim] held-out evaluation activations
-    eval_meta:dict = field(default_factory=dict) # their `sequence_ids`, `positions`, `labels` ([tokens] each, or None)
+    eval_meta:dict = field(default_factory=dict) # their `sequence_ids`, `positions`, `labels`, `target` (or None)
     split:Optional[dict] = None # what was held out: tokens, texts, their ids (and shards); None when nothing was
     history:dict = field(default_factory=lambda: {n: [] for n in CORE_METRICS}) # metric -> values at logged steps
     eval_history:dict = field(default_factory=lambda: {'step': [], 'eval_loss': [], 'eval_fvu': []}) # held-out results
@@ -98,16 +99,20 @@ def fired_latents(out, # a `SAEOutput`
 # %% ../nbs/05_trainer.ipynb #2734f63c
 @torch.no_grad()
 def resample_dead_latents(sae, optimizer, x:torch.Tensor, x_hat:torch.Tensor, dead_mask:torch.Tensor,
-                          generator:Optional[torch.Generator]=None) -> int:
+                          generator:Optional[torch.Generator]=None,
+                          inputs:Optional[torch.Tensor]=None, # a transcoder's inputs, when `x` is its target
+                         ) -> int:
     "Point each dead latent at an input drawn with probability ∝ its squared reconstruction error; returns how many."
     dead = dead_mask.nonzero().flatten()
     if not len(dead): return 0
     err = (x - x_hat).float().pow(2).sum(-1)
     picks = torch.multinomial(err + 1e-12, len(dead), replacement=True, generator=generator)
     dirs = F.normalize((x - sae.b_dec)[picks].float(), dim=-1)
+    # a transcoder's encoder reads the input: it points at the input of the token whose target it should produce
+    enc_dirs = dirs if inputs is None else F.normalize(inputs[picks].float(), dim=-1)
     alive_norm = sae.W_enc[:, ~dead_mask].norm(dim=0).mean() if (~dead_mask).any() else torch.tensor(1.0)
     sae.W_dec[dead] = dirs
-    sae.W_enc[:, dead] = dirs.T * alive_norm * 0.2  # small, so revived latents start quiet (Bricken et al.)
+    sae.W_enc[:, dead] = enc_dirs.T * alive_norm * 0.2  # small, so revived latents start quiet (Bricken et al.)
     sae.b_enc[dead] = 0.0
     for p, rows in ((sae.W_dec, dead), (sae.b_enc, dead)):
         for moment in optimizer.state.get(p, {}).values():
@@ -119,7 +124,7 @@ def resample_dead_latents(sae, optimizer, x:torch.Tensor, x_hat:torch.Tensor, de
 
 def _restart_own_latents(sae, optimizer, dead):
     "A variant's own per-latent parameters (gated's r_mag and b_mag, jumprelu's thresholds) restart as a new SAE's."
-    core = ('W_enc', 'b_enc', 'W_dec', 'b_dec')
+    core = ('W_enc', 'b_enc', 'W_dec', 'b_dec', 'W_skip')
     own = [(n, p) for n, p in sae.named_parameters()
            if n not in core and not n.startswith('probe.') and p.shape[:1] == (sae.cfg.latent_dim,)]
     if not own: return
@@ -143,7 +148,8 @@ def train_step(sae, optimizer, batch, # a `Batch` (or a [batch, input_dim] tenso
     with autocast():
         out = sae(b.acts)
         h = out.h if sae.needs_dense_latents() or fit_probe else None  # top-k losses alone never read the dense latents
-        x, x_hat = sae.scale_input(b.acts), sae.scale_input(out.x_hat.float())  # losses live in the SAE's own scale
+        # what the output should be (the input itself, or a transcoder's target), in the SAE's own scale, as the losses
+        x, x_hat = sae.scale_input(target_of(sae, b)), sae.scale_input(out.x_hat.float())
         terms = sae.loss_terms(x, x_hat, h, pre_acts=out.pre_acts, dead_mask=dead_mask, labels=b.labels,
                                sequence_ids=b.sequence_ids, positions=b.positions,
                                variance=global_variance(x.detach().float()) if global_variance else None, out=out)
@@ -154,12 +160,21 @@ def train_step(sae, optimizer, batch, # a `Batch` (or a [batch, input_dim] tenso
     (scaler.scale(backward) if scaler else backward).backward()
     if sync_grads: sync_grads(sae)
     if scaler: scaler.unscale_(optimizer)
-    sae.remove_parallel_grads()
+    if not sae.variant.transcodes: sae.remove_parallel_grads()  # a transcoder's atoms are free in norm (below)
     if sae.cfg.grad_clip:  # the probe's own fit aside
         torch.nn.utils.clip_grad_norm_(sae.sae_parameters(), sae.cfg.grad_clip)
     if scaler: scaler.step(optimizer); scaler.update()
     else: optimizer.step()
     return out, terms, total
+
+def target_of(sae, batch:Batch) -> torch.Tensor: # [batch, input_dim]
+    "What the SAE's output should be: the batch's `target` when it has one, else its input."
+    if batch.target is not None: return batch.target
+    if sae.variant.transcodes:
+        raise ValueError(f"A {sae.cfg.activation} predicts another hook point from its input, but the batch has no "
+                         f"target. Capture both (e.g. layer='model.layers.3.mlp:input', target_layer="
+                         f"'model.layers.3.mlp') and give a source or Batch with target=.")
+    return batch.acts
 
 # %% ../nbs/05_trainer.ipynb #10ae29b1
 class Callback:
@@ -372,14 +387,19 @@ def _total_steps(source, cfg:SAEConfig, own:bool=False) -> Optional[int]:
     total = (math.ceil(n * epochs / batch) if own else math.ceil(n / batch) * epochs) if n else None
     return min(total, cfg.max_steps) if total and cfg.max_steps else (cfg.max_steps or total)
 
-def _check_batch(x:torch.Tensor, cfg:SAEConfig, step:int):
+def _check_batch(batch:Batch, cfg:SAEConfig, step:int):
+    x, target = batch.acts, batch.target
+    if target is not None and target.shape != x.shape:
+        raise ValueError(f"The batch's target has shape {tuple(target.shape)} but its activations {tuple(x.shape)}: "
+                         f"an SAE predicts a target as wide as its input, one row per token.")
     if x.dim() != 2 or x.shape[-1] != cfg.input_dim:
         raise ValueError(f"The data's activations have shape {tuple(x.shape)} but the SAE reads "
                          f"input_dim={cfg.input_dim}. Capture the layer the config was made for, "
                          f"or set input_dim={x.shape[-1]}.")
     # one reduction instead of an elementwise test (a NaN or Inf makes the sum non-finite); on the GPU the logged loss
     # catches them instead, without a sync per step
-    if x.device.type == 'cpu' and not torch.isfinite(x.sum()) and not torch.isfinite(x).all():
+    if x.device.type == 'cpu' and any(t is not None and not torch.isfinite(t.sum()) and not torch.isfinite(t).all()
+                                      for t in (x, target)):
         raise ValueError(f"The batch at step {step} holds NaN or Inf activations. The SAE was not updated with it; "
                          f"the last checkpoint is intact. Check the capture (a dtype overflow?) or filter the data.")
 
@@ -440,13 +460,13 @@ def latent_change(h:torch.Tensor, # [tokens, latent_dim] latents
 @patch
 @torch.no_grad()
 def evaluate_batch(self:SAETrainer, batch:Batch, batch_size:int=8192) -> dict:
-    "Held-out figures on `batch`: MSE, FVU; probe accuracy, majority-class baseline (labels); latent change (texts)."
+    "Held-out figures on `batch`: MSE, FVU (of the target, if any); probe accuracy, majority baseline; latent change."
     self.sae.eval()
     sq_err = change = norm = pairs = correct = 0.0
     for i in range(0, len(batch), batch_size):
         b = batch[i:i + batch_size].to(self.device)
         out = self.sae(b.acts.float())
-        sq_err += float((out.x_hat.float() - b.acts.float()).pow(2).sum())
+        sq_err += float((out.x_hat.float() - target_of(self.sae, b).float()).pow(2).sum())
         if self.sae.probe is not None and b.labels is not None:
             lab = b.labels >= 0
             correct += float((self.sae.probe(out.h[lab]).argmax(-1) == b.labels[lab]).sum())
@@ -454,7 +474,7 @@ def evaluate_batch(self:SAETrainer, batch:Batch, batch_size:int=8192) -> dict:
             c, n, p = latent_change(out.h, b.sequence_ids, b.positions)
             change, norm, pairs = change + c, norm + n, pairs + p
     self.sae.train()
-    x = batch.acts.float()
+    x = (batch.target if batch.target is not None else batch.acts).float()
     r = dict(eval_loss=sq_err / x.numel(), eval_fvu=sq_err / float((x - x.mean(0)).pow(2).sum().clamp(min=1e-12)))
     labels = batch.labels[batch.labels >= 0] if batch.labels is not None else None
     if self.sae.probe is not None and labels is not None and len(labels):
@@ -487,13 +507,14 @@ def begin(self:SAETrainer, source, first, # its first batch (None when resuming)
     if s.step == 0:
         if first is None: raise ValueError("The data is empty: there is nothing to train on.")
         first = as_batch(first)
-        _check_batch(first.acts, cfg, 0)
+        _check_batch(first, cfg, 0)
         if cfg.normalize_activations != 'none': self.sae.set_input_scale(activation_scale(first.acts))  # estimated once
-        self.sae.init_b_dec(first.acts.to(self.device))
+        self.sae.init_b_dec(target_of(self.sae, first).to(self.device))  # b_dec is the output's bias
         if self.parallel: self.parallel.broadcast(self.sae)
         s.tokens_since_fired = torch.zeros(cfg.latent_dim, dtype=torch.long, device=self.device)
         if eval_data is not None:
             d = {k: (v.cpu() if v is not None else None) for k, v in eval_data.as_dict().items()}
+            if d.get('target') is not None: d['target'] = d['target'].float()
             s.eval_x, s.eval_meta = d.pop('acts').float(), d
         if eval_data is not None or source.split: s.split = source.split or {'tokens': len(eval_data), 'given': True}
     amp = lambda: torch.autocast(self.device.type, dtype=getattr(torch, cfg.amp_dtype))
@@ -509,11 +530,11 @@ def step(self:SAETrainer, batch # a `Batch` or a [batch, input_dim] tensor, on t
     cfg, s = self.cfg, self.state
     if cfg.max_steps and s.step >= cfg.max_steps: return True
     batch = as_batch(batch)
-    _check_batch(batch.acts, cfg, s.step)
+    _check_batch(batch, cfg, s.step)
     if self.device.type == 'cuda' and batch.acts.device.type == 'cpu':  # the copy overlaps the previous step's kernels
         batch = Batch(*(t.pin_memory() if t is not None else None for t in batch._parts()))
     batch = batch.to(self.device, non_blocking=True)
-    x = batch.acts
+    x = target_of(self.sae, batch)  # what the output should be: the metrics measure the prediction of this
     lr = cfg.learning_rate * lr_factor(s.step, cfg.warmup_steps, cfg.lr_schedule, self.total_steps)
     for g in self.optimizer.param_groups: g['lr'] = lr
     dead_mask = s.tokens_since_fired >= cfg.dead_feature_window if s.any_dead else None
@@ -526,8 +547,8 @@ def step(self:SAETrainer, batch # a `Batch` or a [batch, input_dim] tensor, on t
     s.tokens_since_fired = update_dead_counters(s.tokens_since_fired, fired, n)
     if s.step % max(1, min(cfg.log_every, cfg.dead_feature_window // len(x))) == 0:  # the one sync for dead latents
         s.any_dead = bool((s.tokens_since_fired >= cfg.dead_feature_window).any())
-    if s.step % cfg.normalize_decoder_every == 0: self.sae.normalize_decoder()
-    if cfg.resample_dead_every and s.step % cfg.resample_dead_every == 0: self._resample(x, out)
+    if s.step % cfg.normalize_decoder_every == 0 and not self.sae.variant.transcodes: self.sae.normalize_decoder()
+    if cfg.resample_dead_every and s.step % cfg.resample_dead_every == 0: self._resample(batch, out)
     s.data_position = self.source.state_dict()
     if s.step % cfg.log_every == 0: self._log(x, out, terms, total)
     stop = bool(cfg.eval_every and s.eval_x is not None and s.step % cfg.eval_every == 0 and self._evaluate())
@@ -535,11 +556,13 @@ def step(self:SAETrainer, batch # a `Batch` or a [batch, input_dim] tensor, on t
     return stop or bool(cfg.max_steps and s.step >= cfg.max_steps)
 
 @patch
-def _resample(self:SAETrainer, x, out):
+def _resample(self:SAETrainer, batch, out):
     dead = self.state.tokens_since_fired >= self.cfg.dead_feature_window
     gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + self.state.step)  # stateless: same after a resume
-    x, x_hat = self.sae.scale_input(x), self.sae.scale_input(out.x_hat.detach())  # in the SAE's own scale, as b_dec is
-    if resample_dead_latents(self.sae, self.optimizer, x, x_hat, dead, gen):
+    sc = self.sae.scale_input  # in the SAE's own scale, as b_dec is
+    inputs = sc(batch.acts) if batch.target is not None else None
+    if resample_dead_latents(self.sae, self.optimizer, sc(target_of(self.sae, batch)), sc(out.x_hat.detach()), dead,
+                             gen, inputs):
         self.state.tokens_since_fired[dead] = 0
         self.state.any_dead = False
         if self.parallel: self.parallel.broadcast(self.sae)
@@ -607,8 +630,10 @@ def train_sae(model, # a model, or a name for `load_model` ('smollm2', 'minilm',
               max_length:int=128, # tokens per text
               progress:bool=True,
               labels:Optional[list]=None, # one per text: its class, or a list of classes per token (for the probe)
+              target_layer:Union[int, str, None]=None, # a transcoder's target, e.g. 'model.layers.3.mlp' when
+                                                      # layer='model.layers.3.mlp:input' (captured in the same pass)
              ) -> SAETrainer:
-    "Capture (or stream) `layer` of `model` over `texts` and train an SAE on it; returns the trainer."
+    "Capture (or stream) `layer` of `model` over `texts` and train an SAE (or transcoder) on it; returns the trainer."
     from sae_nb.data import (load_model, load_texts, ActivationStore, ActivationShardDataset, StreamingActivations,
                              collect_activations)
     model_name = model if isinstance(model, str) else type(model).__name__
@@ -617,18 +642,19 @@ def train_sae(model, # a model, or a name for `load_model` ('smollm2', 'minilm',
     texts = texts if isinstance(texts, list) else load_texts(texts)
     src_kw = dict(batch_size=config.batch_size, epochs=config.max_epochs, seed=config.seed,
                   run_length=config.run_length)
+    layers = [layer] + ([target_layer] if target_layer is not None else [])  # both in one forward pass
     if mode == 'capture':
         st = ActivationStore(store)
-        run_id = st.capture(model, tokenizer, texts, layers=layer, model_name=model_name, max_length=max_length,
+        run_id = st.capture(model, tokenizer, texts, layers=layers, model_name=model_name, max_length=max_length,
                             text_batch_size=config.text_batch_size, progress=progress, labels=labels)
-        source = ActivationShardDataset(st, run_id, **src_kw)
+        source = ActivationShardDataset(st, run_id, layer=layer, target_layer=target_layer, **src_kw)
     elif mode == 'memory':
-        cap = collect_activations(model, tokenizer, texts, layer, max_length, config.text_batch_size,
+        cap = collect_activations(model, tokenizer, texts, layers, max_length, config.text_batch_size,
                                   progress=progress, labels=labels)
-        source = InMemoryActivations(cap, **src_kw)
+        source = InMemoryActivations(cap.batch(layer, target_layer), **src_kw)
     elif mode == 'stream':
         source = StreamingActivations(model, tokenizer, texts, layer, max_length, config.text_batch_size,
-                                      progress=False, labels=labels, **src_kw)
+                                      progress=False, labels=labels, target_layer=target_layer, **src_kw)
     else: raise ValueError(f"mode={mode!r}: use 'capture', 'memory' or 'stream'.")
     return SAETrainer(config, progress=progress).train(source)
 

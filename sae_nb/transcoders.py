@@ -29,6 +29,7 @@ class TranscoderSettings:
 def _latents(sae): return VARIANTS[sae.cfg.variant.latents]
 
 def _transcoder_setup(sae):
+    with torch.no_grad(): sae.W_dec.zero_()  # the output's scale is not the input's: start from nothing, as sparsify
     if _latents(sae).setup: _latents(sae).setup(sae)  # e.g. jumprelu's thresholds
 
 def _transcoder_sparsity(sae, pre, h, sigma=1.0):
