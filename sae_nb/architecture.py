@@ -26,7 +26,8 @@ from .kernels import sparse_topk_encode, topk_select, encode_at, triton_decode, 
 __all__ = ['VARIANTS', 'ACTIVATION_REGISTRY', 'register_activation', 'Activation', 'LOSS_NAMES', 'Encoded', 'Variant',
            'SAELensLayout', 'SparsifyLayout', 'register_variant', 'SAEOutput', 'SparseAutoencoder', 'sparse_decode',
            'dense_decode', 'l1_sparsity', 'ghost_terms', 'relu_encode', 'scatter_latents', 'topk_encode_sparse',
-           'auxk_terms', 'topk_encode', 'dense_twin', 'batchtopk_encode', 'l0_sparsity', 'jumprelu_encode',
+           'auxk_terms', 'topk_encode', 'dense_twin', 'batchtopk_encode', 'JumpReLUSettings', 'jumprelu_threshold',
+           'set_jumprelu_threshold', 'jumprelu_l0', 'l0_sparsity', 'l0_target_terms', 'jumprelu_encode',
            'GatedSettings', 'gated_sparsity', 'gated_aux_terms', 'gated_encode', 'MatryoshkaSettings', 'prefix_ends',
            'prefix_terms', 'matryoshka_encode', 'geometric_median', 'sparse_auxk_loss', 'TopKSae', 'CheckpointError',
            'UnsupportedFormat']
@@ -44,6 +45,7 @@ class Variant:
     "A registry entry: everything that makes one SAE variant what it is."
     encode: Callable # (sae, pre [batch, latent_dim]) -> Encoded
     setup: Optional[Callable] = None # (sae) -> None: add the variant's own parameters or buffers
+    data_init: Optional[Callable] = None # (sae, x [n, input_dim] scaled) -> None: set them from data (`init_b_dec`)
     sparsity: Optional[Callable] = None # (sae, pre, h, sigma) -> scalar penalty, or None if sparsity is structural
     encode_sparse: Optional[Callable] = None # (sae, x) -> Encoded with no dense pre-activations (kernels sparse/triton)
     losses: Optional[Callable] = None # (sae, x, x_hat, h, **context) -> {name: (weight, scalar)}: terms of its own
@@ -332,26 +334,93 @@ class _Step(torch.autograd.Function):
         pre, theta = ctx.saved_tensors
         return None, (-(1.0 / ctx.eps) * _rectangle((pre - theta) / ctx.eps) * g).sum(0), None
 
-# %% ../nbs/02_architecture.ipynb #17e1dc2e
-def _jumprelu_setup(sae):
-    sae.log_threshold = nn.Parameter(torch.full((sae.cfg.latent_dim,), math.log(sae.cfg.jumprelu_threshold)))
+# %% ../nbs/02_architecture.ipynb #5eee5835
+@dataclass(frozen=True)
+class JumpReLUSettings:
+    "The JumpReLU variant's own settings."
+    l0_coeff:float = 1.0 # weight of the penalty 2/k·(L0 − k)² that steers the batch's mean L0 to k (0: off)
+    bandwidth:float = 0.05 # kernel width ε, in units of each latent's pre-activation spread over the batch
+    threshold_rate:float = 8.0 # Adam moves log θ this many times as fast as the other parameters
+    def __post_init__(self):
+        if not isinstance(self.l0_coeff, (int, float)) or self.l0_coeff < 0:
+            raise ValueError(f"l0_coeff={self.l0_coeff!r} must be a number ≥ 0.")
+        for name in ('bandwidth', 'threshold_rate'):
+            if not isinstance(getattr(self, name), (int, float)) or getattr(self, name) <= 0:
+                raise ValueError(f"{name}={getattr(self, name)!r} must be a number > 0.")
 
-def l0_sparsity(sae, pre, h, sigma=1.0): # a count: the same at any scale, so sigma is not needed
+def _jumprelu_settings(sae) -> JumpReLUSettings:
+    "Its settings; the defaults when another variant (a transcoder) borrows its activation."
+    return sae.cfg.variant if sae.cfg.activation == 'jumprelu' else JumpReLUSettings()
+
+# %% ../nbs/02_architecture.ipynb #369957b5
+def jumprelu_threshold(sae) -> torch.Tensor: # [latent_dim]
+    "The thresholds θ, from the parameter that stores log θ / `threshold_rate`."
+    return (sae.scaled_log_threshold * _jumprelu_settings(sae).threshold_rate).exp()
+
+@torch.no_grad()
+def set_jumprelu_threshold(sae, theta:torch.Tensor): # [latent_dim] thresholds, > 0
+    "Set the thresholds θ."
+    sae.scaled_log_threshold.copy_(theta.log() / _jumprelu_settings(sae).threshold_rate)
+
+def _save_log_threshold(sae, state, prefix, meta):  # files hold log θ, whatever the rate
+    rate = _jumprelu_settings(sae).threshold_rate
+    state[prefix + 'log_threshold'] = state.pop(prefix + 'scaled_log_threshold') * rate
+
+def _load_log_threshold(sae, state, prefix, *args):
+    if prefix + 'log_threshold' in state:
+        log_theta = state.pop(prefix + 'log_threshold')
+        state[prefix + 'scaled_log_threshold'] = log_theta / _jumprelu_settings(sae).threshold_rate
+
+def _jumprelu_setup(sae):
+    sae.scaled_log_threshold = nn.Parameter(torch.empty(sae.cfg.latent_dim))
+    set_jumprelu_threshold(sae, torch.full((sae.cfg.latent_dim,), 1e-3))  # until data sets them (`init_b_dec`)
+    sae.register_state_dict_post_hook(_save_log_threshold)
+    sae.register_load_state_dict_pre_hook(_load_log_threshold)
+
+@torch.no_grad()
+def _jumprelu_data_init(sae, x): # x: [n, input_dim] scaled inputs, b_dec already set
+    "Each latent's threshold where it fires on a share k/latent_dim of the tokens of `x` (on at least one)."
+    pre = _pre_acts(sae, x).float()
+    n = min(len(pre), max(1, round(len(pre) * sae.cfg.k / sae.cfg.latent_dim)))
+    theta = pre.topk(n, dim=0).values[-1]
+    set_jumprelu_threshold(sae, theta.clamp(min=1e-3 * float(pre.std())).to(sae.scaled_log_threshold))
+
+# %% ../nbs/02_architecture.ipynb #40a0e98c
+def _bandwidth(sae, pre): # [latent_dim]: ε of each latent, from the batch's pre-activations
+    return _jumprelu_settings(sae).bandwidth * pre.detach().std(0, correction=0).clamp(min=1e-12)
+
+def jumprelu_l0(sae, pre): # pre: [batch, latent_dim]
     "Mean over tokens of the number of active latents, with straight-through gradients for the thresholds."
     if pre is None: raise ValueError("The jumprelu L0 penalty needs the pre-activations: pass pre_acts=out.pre_acts.")
-    return _Step.apply(pre, sae.log_threshold.exp(), sae.cfg.jumprelu_bandwidth).sum(-1).mean()
+    return _Step.apply(pre, jumprelu_threshold(sae), _bandwidth(sae, pre)).sum(-1).mean()
 
-def _jumprelu_to_saelens(sae, t): t['threshold'] = sae.log_threshold.detach().exp().float().cpu(); return {}
+def l0_sparsity(sae, pre, h, sigma=1.0): # a count: the same at any scale, so sigma is not needed
+    "The paper's L0 penalty, weighted by `l1_penalty_coeff`."
+    return jumprelu_l0(sae, pre)
+
+def l0_target_terms(sae, x, x_hat, h, *, pre_acts=None, **context):
+    "The penalty 2/k·(L0 − k)² on the batch's mean L0, weighted by `l0_coeff`."
+    weight, k = _jumprelu_settings(sae).l0_coeff, sae.cfg.k
+    if not weight: return {}
+    if not 1 <= k <= sae.cfg.latent_dim:  # checked here, not in the config: an SAE read from elsewhere may have any k
+        raise ConfigError(f"SAEConfig.k={k} is out of range: jumprelu steers its mean L0 to k, which must be between 1 "
+                          f"and latent_dim={sae.cfg.latent_dim}; lower k or raise expansion_factor.")
+    return {'l0_loss': (weight, 2 / k * (jumprelu_l0(sae, pre_acts) - k) ** 2)}
+
+def _jumprelu_to_saelens(sae, t): t['threshold'] = jumprelu_threshold(sae).detach().float().cpu(); return {}
 
 def _jumprelu_from_saelens(lens, t, source):  # ours is exp(log θ) > 0; a θ ≤ 0 acts as 0 after the ReLU
     t['log_threshold'] = t.pop('threshold').clamp(min=1e-30).log()
     return {}
 
-@register_variant('jumprelu', setup=_jumprelu_setup, sparsity=l0_sparsity,
+@register_variant('jumprelu', setup=_jumprelu_setup, data_init=_jumprelu_data_init, sparsity=l0_sparsity,
+                  losses=l0_target_terms, settings=JumpReLUSettings,
                   formats={'saelens': SAELensLayout('jumprelu', save=_jumprelu_to_saelens,
                                                     load=_jumprelu_from_saelens)})
 def jumprelu_encode(sae, pre):
-    return Encoded(_JumpReLU.apply(pre, sae.log_threshold.exp(), sae.cfg.jumprelu_bandwidth))
+    theta = jumprelu_threshold(sae)
+    if not torch.is_grad_enabled(): return Encoded(pre * (pre > theta))  # no backward: no bandwidth needed
+    return Encoded(_JumpReLU.apply(pre, theta, _bandwidth(sae, pre)))
 
 # %% ../nbs/02_architecture.ipynb #bf5c355b
 @dataclass(frozen=True)
@@ -462,12 +531,13 @@ def geometric_median(x:torch.Tensor, # [n, d] points
 @torch.no_grad()
 def init_b_dec(self:SparseAutoencoder, x:torch.Tensor # [n, input_dim] a sample of the training activations
               ):
-    "Set the decoder bias from a data sample, as `cfg.b_dec_init` says."
+    "Set the decoder bias from a data sample, as `cfg.b_dec_init` says, then what the variant sets from data."
     _check_width(self, x)
     x, how = self.scale_input(x), self.cfg.b_dec_init
     centre = (geometric_median(x.float()) if how == 'geometric_median' else x.float().mean(0) if how == 'mean'
               else torch.zeros(x.shape[-1]))
     self.b_dec.copy_(centre.to(self.b_dec))
+    if self.variant.data_init: self.variant.data_init(self, x)
     return self
 
 # %% ../nbs/02_architecture.ipynb #f3550107

@@ -14,7 +14,7 @@ import torch
 from fastcore.basics import patch
 
 # %% auto #0
-__all__ = ['PRESETS', 'normal_permissions', 'atomic_path', 'atomic_write_text', 'ConfigError', 'variants', 'setting',
+__all__ = ['RETIRED', 'PRESETS', 'normal_permissions', 'atomic_path', 'atomic_write_text', 'ConfigError', 'variants', 'setting',
            'field_help', 'SAEConfig', 'pick_device', 'preset_config', 'gpt2_sae_config', 'gpt2_medium_sae_config',
            'pythia_1_4b_sae_config', 'smollm2_sae_config', 'minilm_sae_config']
 
@@ -75,10 +75,9 @@ class SAEConfig:
     expansion_factor:float = setting(8, "latents per input dimension: latent_dim = round(input_dim × expansion_factor)")
     activation:str = setting('topk', "the SAE variant: relu, topk, batchtopk, jumprelu, gated, matryoshka, or one "
                                      "you registered (02_architecture)")
-    k:int = setting(32, "topk: active latents per token; batchtopk: their mean over the batch")
+    k:int = setting(32, "topk: active latents per token; batchtopk: their mean over the batch; jumprelu: the mean "
+                        "L0 its penalty steers to")
     use_relu:bool = setting(True, "relu activation only: apply the ReLU (False gives a plain linear encoder)")
-    jumprelu_threshold:float = setting(0.001, "jumprelu: initial threshold of every latent")
-    jumprelu_bandwidth:float = setting(0.001, "jumprelu: kernel width of the straight-through estimator")
     b_dec_init:str = setting('geometric_median', "decoder bias from a data sample: geometric_median, mean or zeros")
     sparse_decode:bool = setting(True, "topk with kernels=autograd: decode by gathering the k active atoms instead of "
                                  "a dense product (the sparse kernels always gather)")
@@ -92,7 +91,8 @@ class SAEConfig:
                                               "02_architecture lists them); None: its defaults")
     # loss weights
     reconstruction_coeff:float = setting(1.0, "weight of the reconstruction (MSE) loss")
-    l1_penalty_coeff:float = setting(0.0, "weight of the sparsity penalty: L1 for relu, the L0 estimate for jumprelu")
+    l1_penalty_coeff:float = setting(0.0, "weight of the sparsity penalty: L1 for relu and gated, the paper's L0 for "
+                                     "jumprelu (which steers to k by a penalty of its own)")
     l1_weight_by_decoder_norm:bool = setting(True, "scale each latent's L1 by its decoder norm, so shrinking the "
                                              "encoder cannot game it")
     decorrelation_coeff:float = setting(0.0, "weight of the decoder decorrelation loss, sum of squared "
@@ -209,8 +209,7 @@ def _validate(cfg):
     _check_variant_settings(cfg, variants()[cfg.activation])
     for f in fields(cfg):
         if f.name.endswith('_coeff'): _need(getattr(cfg, f.name) >= 0, cfg, f.name, "a loss weight must be ≥ 0")
-    for name in ('jumprelu_threshold', 'jumprelu_bandwidth', 'learning_rate'):
-        _need(getattr(cfg, name) > 0, cfg, name, "it must be > 0")
+    _need(cfg.learning_rate > 0, cfg, 'learning_rate', "it must be > 0")
     _one_of(cfg, 'b_dec_init', ('geometric_median', 'mean', 'zeros'))
     _need(cfg.probe_classes >= 0, cfg, 'probe_classes', "it must be ≥ 0")
     _need(cfg.probe_loss_coeff == 0 or cfg.probe_classes >= 2, cfg, 'probe_classes',
@@ -258,9 +257,15 @@ def pick_device(name:str='auto') -> torch.device: # auto, cpu, cuda, cuda:N or m
     return dev
 
 # %% ../nbs/01_config.ipynb #e3f731f6
+RETIRED = {  # settings older files hold that no longer exist; each only shaped the start of training
+    'jumprelu_threshold': "jumprelu's thresholds start from data (02_architecture, JumpReLU)",
+    'jumprelu_bandwidth': "jumprelu's bandwidth is relative to the pre-activations: variant_settings bandwidth",
+} # name -> what replaced it
+
 def _from_dict(cls, d:dict, source:str='the dict') -> SAEConfig:
     if not isinstance(d, dict):
         raise ConfigError(f"{source} must hold a JSON object of settings, not {type(d).__name__}.")
+    d = {k: v for k, v in d.items() if k not in RETIRED}  # a saved SAE's thresholds are in its weights
     names = [f.name for f in fields(cls)]
     unknown = [k for k in d if k not in names]
     if unknown:
