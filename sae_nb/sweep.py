@@ -142,7 +142,8 @@ class DataParallel:
 
     def broadcast(self, sae):
         "Make every process's parameters and buffers those of process 0."
-        for t in sae.state_dict().values(): dist.broadcast(t, 0)
+        # the tensors themselves: a state dict may hold computed ones (jumprelu saves log θ, not its parameter)
+        for t in [*sae.parameters(), *sae.buffers()]: dist.broadcast(t.data, 0)
         sae._sync_scale()
 
 # %% ../nbs/05a_sweep.ipynb #eba25225
