@@ -45,8 +45,6 @@ CASES = {
     'variant_settings': Case(({'aux_coeff': 0.0},), 'weights', dict(activation='gated', l1_penalty_coeff=0.1)),
     'k': Case((8,), 'weights'),
     'use_relu': Case((False,), 'weights', dict(activation='relu')),
-    'jumprelu_threshold': Case((0.01,), 'weights', dict(activation='jumprelu')),
-    'jumprelu_bandwidth': Case((0.5,), 'weights', dict(activation='jumprelu', l1_penalty_coeff=0.1)),
     'b_dec_init': Case(('mean', 'zeros'), 'weights'),
     'sparse_decode': Case((False,), 'calls', dict(kernels='autograd')),  # same maths, other path
     'kernels': Case(('autograd',), 'calls'),  # same maths, other path ('triton' needs CUDA)
@@ -96,6 +94,18 @@ CASES = {
     'checkpoint_dir': Case(('elsewhere',), 'files'),
     'keep_checkpoints': Case((1,), 'files', dict(checkpoint_every=2)),
 }
+
+# each variant's own settings (`SAEConfig.variant_settings`), trained as that variant: (variant, setting) -> Case
+VARIANT_CASES = {
+    ('jumprelu', 'l0_coeff'): Case((0.0,), 'weights'),
+    ('jumprelu', 'bandwidth'): Case((0.5,), 'weights'),
+    ('jumprelu', 'threshold_rate'): Case((1.0,), 'weights'),
+    ('gated', 'aux_coeff'): Case((0.0,), 'weights', dict(l1_penalty_coeff=0.1)),
+    ('matryoshka', 'group_sizes'): Case(((16, 48),), 'weights'),
+    ('matryoshka', 'prefix_coeff'): Case((0.0,), 'weights'),
+}
+OWN = [(name, f.name) for name, v in arch.VARIANTS.items() if v.settings and v.settings.__module__ == arch.__name__
+       for f in fields(v.settings)]  # the variants of 02_architecture
 
 
 @pytest.fixture(scope='module', autouse=True)
@@ -229,6 +239,23 @@ def test_setting_changes_training(name):
         assert changed['error'] is None, f"{name}={value!r} with {context} fails: {changed['error']}"
         assert not same(changed[case.observe], base[case.observe]), \
             f"{name}={value!r} (from {before!r}) with {context or 'the base settings'} leaves {case.observe} unchanged"
+
+
+@pytest.mark.parametrize('variant,name', OWN)
+def test_variant_setting_changes_training(variant, name):
+    if (variant, name) not in VARIANT_CASES:
+        pytest.fail(f"The {variant} variant's setting {name} has no check: add a Case for it to VARIANT_CASES in "
+                    f"tests/test_settings.py (a setting that changes nothing should be removed).")
+    case = VARIANT_CASES[variant, name]
+    context = {**(case.context or {}), 'activation': variant}
+    base = baseline(case.data, context)
+    before = getattr(arch.VARIANTS[variant].settings(), name)
+    for value in case.values:
+        assert value != before, f"{variant} {name}={value!r} is its default already"
+        changed = train(case.data, {**context, 'variant_settings': {name: value}})
+        assert changed['error'] is None, f"{variant} {name}={value!r} fails: {changed['error']}"
+        assert not same(changed[case.observe], base[case.observe]), \
+            f"{variant} {name}={value!r} (from {before!r}) leaves {case.observe} unchanged"
 
 
 def test_seed_alone_repeats_a_run():
