@@ -15,7 +15,7 @@ from fastcore.script import anno_parser
 from .config import SAEConfig, ConfigError, PRESETS, preset_config, atomic_path, atomic_write_text, variants
 from .architecture import CheckpointError
 from .data import (ActivationStore, ActivationShardDataset, StoreError, ModelNotFoundError, load_model,
-                         load_texts, load_labelled_texts)
+                         load_texts, load_labelled_texts, INPUT_SUFFIX, _split_point)
 from .trainer import SAETrainer
 from .evaluation import downstream
 from .analysis import (captured_from_store, top_activations, pick_features, Contexts, examples_at,
@@ -117,17 +117,29 @@ def _check_out(out:Path):
         raise NotADirectoryError(f"--out {out} is a file, not a folder: give a folder for the results.")
     out.mkdir(parents=True, exist_ok=True)
 
+def _hook_points(cfg, layer:str, target_layer:Optional[str]) -> tuple:
+    "The hook point the SAE reads and the one it predicts (None: the same); a transcoder reads the input of --layer."
+    layers = _parse_layers(layer)
+    if len(layers) != 1: raise ValueError(f"--layer {layer}: sae_train trains one SAE on one layer; give one.")
+    if not variants()[cfg.activation].transcodes:
+        if target_layer: raise ValueError(f"--target-layer is for transcoders, and {cfg.activation} is not one "
+                                          f"(--activation transcoder or skip_transcoder trains one).")
+        return layers[0], None
+    if target_layer: return layers[0], _parse_layers(target_layer)[0]
+    module, is_input = _split_point(layers[0])
+    return (layers[0], module) if is_input else (f"{layers[0]}{INPUT_SUFFIX}", layers[0])  # in place of the module
+
 def _data_for(cfg, model, layer, texts, max_texts, max_length, shard_dir, store, mode, user_dim, outlier_norm_ratio,
-              progress, probe_coef=None):
+              progress, probe_coef=None, target_layer=None):
     "The activation source, the config with its width, the store and run id, and the model with its texts (or None)."
     lm = None  # from a stored run: no model, no texts
+    reads, target = _hook_points(cfg, layer, target_layer)
     if shard_dir:
         run = Path(shard_dir)
         st, run_id = ActivationStore(run.parent.parent), run.name
     else:
         m, tok = load_model(model)
-        layers = _parse_layers(layer)
-        if len(layers) != 1: raise ValueError(f"--layer {layer}: sae_train trains one SAE on one layer; give one.")
+        layers = [reads] + ([target] if target is not None else [])  # a transcoder's two, in one forward pass
         st = ActivationStore(store)
         if mode != 'capture':
             raise ValueError(f"--mode {mode}: use capture (the command line streams through the store).")
@@ -136,9 +148,10 @@ def _data_for(cfg, model, layer, texts, max_texts, max_length, shard_dir, store,
         run_id = st.capture(m, tok, passages, layers=layers, model_name=model, max_length=max_length, labels=labels,
                             label_names=names, text_batch_size=cfg.text_batch_size,
                             outlier_norm_ratio=outlier_norm_ratio or None, progress=progress)
-        lm = dict(model=m, tokenizer=tok, name=model, layer=layers[0], texts=passages, unseen=unseen)
+        lm = dict(model=m, tokenizer=tok, name=model, layer=target if target is not None else reads,
+                  input_layer=reads if target is not None else None, texts=passages, unseen=unseen)
     meta = st.meta(run_id)
-    width = next(iter(meta['input_dim'].values()))
+    width = meta['input_dim'][st.layer_key(run_id, reads if target is not None else None)]
     if width != cfg.input_dim:
         if user_dim: raise ConfigError(f"The config's input_dim={cfg.input_dim} but the activations are {width} wide: "
                                        f"fix the config or the layer.")
@@ -148,16 +161,20 @@ def _data_for(cfg, model, layer, texts, max_texts, max_length, shard_dir, store,
     classes = (meta.get('labels') or {}).get('classes', 0)
     if classes and cfg.probe_classes < classes: cfg = replace(cfg, probe_classes=max(2, classes))  # an output per class
     if probe_coef is not None: cfg = replace(cfg, probe_loss_coeff=probe_coef)
+    points = dict(layer=reads, target_layer=target) if target is not None else {}
     source = ActivationShardDataset(st, run_id, batch_size=cfg.batch_size, epochs=cfg.max_epochs, seed=cfg.seed,
-                                    run_length=cfg.run_length)
+                                    run_length=cfg.run_length, **points)
     return source, cfg, st, run_id, lm
 
-def _model_of_run(meta:dict) -> tuple:
+def _model_of_run(meta:dict, source) -> tuple:
     "The model that captured a stored run (for its tokenizer and unembedding), or None and why not."
     try: m, tok = load_model(meta['model'])
     except ModelNotFoundError as e:
         return None, f"the run's model {meta['model']!r} could not be loaded ({str(e)[:100]}...)"
-    return dict(model=m, tokenizer=tok, name=meta['model'], layer=meta['layers'][0], texts=None, unseen=None), ''
+    point = lambda key: next((l for l in meta['layers'] if str(l) == key), key)  # as captured: 15, not '15'
+    reads, target = source.layer, source.target_layer
+    return dict(model=m, tokenizer=tok, name=meta['model'], layer=point(target or reads),
+                input_layer=point(reads) if target else None, texts=None, unseen=None), ''
 
 # %% ../nbs/05b_cli.ipynb #1d358a32
 def _unseen_texts(lm:Optional[dict], split:Optional[dict], n:int) -> tuple:
@@ -186,7 +203,7 @@ def splice_section(sae, lm:Optional[dict], split:Optional[dict], max_length:int=
     s = sae if sae.W_dec.device == dev else copy.deepcopy(sae).to(dev)
     was_training = s.training; s.eval()
     r = downstream(s, model, lm['tokenizer'], texts, lm['layer'], max_length=max_length,
-                   outlier_norm_ratio=outlier_norm_ratio)
+                   outlier_norm_ratio=outlier_norm_ratio, input_layer=lm.get('input_layer'))
     s.train(was_training)
     on = f"{where}, {r['spliced_tokens']:,} tokens"
     if 'ce_loss_recovered' not in r:  # an encoder: no next-token loss
@@ -343,7 +360,8 @@ def _plots_note(trainer, freq_tokens:Optional[int]) -> str:
 
 # %% ../nbs/05b_cli.ipynb #f2f9080e
 def sae_train(model:str='smollm2', # model to capture from: a built-in name, a folder, or a hub name
-              layer:str='15', # block index or module name to read
+              layer:str='15', # block index or module name to read (a transcoder reads its input: name:input)
+              target_layer:str=None, # transcoders: the hook point to predict (default: the output of --layer)
               texts:str='shakespeare', # 'shakespeare', a .txt file or folder, or a .jsonl / .csv with text and label
               max_texts:int=600, # use the first this many passages (0: all)
               max_length:int=128, # tokens per passage
@@ -352,7 +370,7 @@ def sae_train(model:str='smollm2', # model to capture from: a built-in name, a f
               mode:str='capture', # capture: store the activations first (reused next time)
               outlier_norm_ratio:float=10.0, # drop tokens (attention sinks) above this × the median norm; 0 keeps all
               config:str=None, # a cfg.json to start from; the flags below override it
-              activation:str=None, # the SAE variant: relu, topk, batchtopk, jumprelu, gated, or one you registered
+              activation:str=None, # the SAE variant by its registered name: relu, topk, gated, transcoder, ...
               variant_settings:str=None, # the variant's own settings as JSON, e.g. '{"aux_coeff": 0.5}' for gated
               expansion_factor:float=None, # latents per input dimension
               k:int=None, # active latents per token (topk, batchtopk)
@@ -390,7 +408,7 @@ def sae_train(model:str='smollm2', # model to capture from: a built-in name, a f
                                                                    str(out/'checkpoints'))))
     if no_wandb: cfg = replace(cfg, wandb_project=None)
     source, cfg, st, run_id, lm = _data_for(cfg, model, layer, texts, max_texts, max_length, shard_dir, store, mode,
-                                            user_dim, outlier_norm_ratio, not quiet, probe_coef)
+                                            user_dim, outlier_norm_ratio, not quiet, probe_coef, target_layer)
     t_train = time.perf_counter()
     trainer = SAETrainer(cfg, progress=not quiet).train(source, resume_from=resume_from)
     train_seconds = time.perf_counter() - t_train
@@ -406,10 +424,10 @@ def _report(trainer, st, run_id, lm, out, t0, train_seconds, max_length, outlier
             max_tokens:int=50_000) -> dict: # tokens of the run the features are read from
     "Measure what the report shows (features, splicing) and write it."
     sae, split = trainer.sae, trainer.state.split
-    cap = captured_from_store(st, run_id, max_tokens=max_tokens)
+    cap = captured_from_store(st, run_id, layer=trainer.source.layer, max_tokens=max_tokens)  # what the SAE reads
     freqs, top_vals, top_rows = top_activations(sae, next(iter(cap.acts.values())), n=5)
     why_no_model = ''
-    if lm is None: lm, why_no_model = _model_of_run(st.meta(run_id))
+    if lm is None: lm, why_no_model = _model_of_run(st.meta(run_id), trainer.source)
     held_out = set(split['text_ids']) if split and 'text_ids' in split and not split.get('given') else set()
     spliced, figures = splice_section(sae, lm, split, max_length, outlier_norm_ratio or None)
     learned = learned_section(sae, cap, freqs, top_rows, top_vals, lm, trainer.cfg.seed, held_out,

@@ -186,7 +186,7 @@ class _StopForward(Exception): "Raised by the last hook to end the forward pass 
 
 @contextmanager
 def capture_hooks(model:nn.Module, layers:list, stop_early:bool=True):
-    "Within the block, forward passes record each hook point (a module's output, or its `:input`) into the yielded dict."
+    "Within the block, forward passes record each hook point (a module's output or `:input`) into the yielded dict."
     outputs, modules = {}, [hook_point(model, l) for l in layers]
     def record(key, value):
         outputs[key] = (value[0] if isinstance(value, tuple) else value).detach()
@@ -556,7 +556,8 @@ class Batch:
     def __getitem__(self, rows): return Batch(*(None if t is None else t[rows] for t in self._parts()))
     def to(self, device, non_blocking:bool=False) -> Batch:
         return Batch(*(None if t is None else t.to(device, non_blocking=non_blocking) for t in self._parts()))
-    def as_dict(self) -> dict: return dict(zip(('acts', 'sequence_ids', 'positions', 'labels', 'target'), self._parts()))
+    def as_dict(self) -> dict:
+        return dict(zip(('acts', 'sequence_ids', 'positions', 'labels', 'target'), self._parts()))
 
     @classmethod
     def cat(cls, parts:list) -> Batch:
