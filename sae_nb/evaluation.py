@@ -13,7 +13,7 @@ from typing import Optional, Union
 import torch
 import torch.nn.functional as F
 
-from .data import ActivationStore, hook_point, _not_outliers
+from .data import ActivationStore, Batch, hook_point, capture_hooks, _not_outliers, _split_point, INPUT_SUFFIX
 from .losses import decorrelation_loss
 
 # %% auto #0
@@ -74,21 +74,34 @@ def atom_cosines(W_dec:torch.Tensor, block:int=2048) -> tuple:
 
 # %% ../nbs/06_evaluation.ipynb #d2bbfaf8
 @contextmanager
-def splice(model, layer, replace): # replace(acts [batch, seq, width]) -> new acts
-    "Within the block, the output of hook point `layer` is replaced by `replace(output)`."
-    def hook(module, args, out):
-        if isinstance(out, tuple): return (replace(out[0]),) + tuple(out[1:])
-        return replace(out)
-    handle = hook_point(model, layer).register_forward_hook(hook)
-    try: yield
-    finally: handle.remove()
+def splice(model, layer, # the hook point whose output is replaced: a block index or a module name
+           replace, # replace(acts [batch, seq, width]) -> new acts; with `input_layer`, replace(acts, inputs)
+           input_layer=None, # a hook point read earlier in the same pass (a transcoder's input, e.g. 'mlp:input')
+          ):
+    "Within the block, the output of hook point `layer` is replaced by `replace(output)` (or `replace(output, input)`)."
+    if _split_point(layer)[1]:
+        raise ValueError(f"splice replaces a module's output, so layer={layer!r} cannot be an input: name the module "
+                         f"and give its input as input_layer.")
+    with capture_hooks(model, [input_layer] if input_layer is not None else [], stop_early=False) as seen:
+        new = replace if input_layer is None else (lambda a: replace(a, seen[input_layer]))
+        def hook(module, args, out):
+            if isinstance(out, tuple): return (new(out[0]),) + tuple(out[1:])
+            return new(out)
+        handle = hook_point(model, layer).register_forward_hook(hook)
+        try: yield
+        finally: handle.remove()
 
-def _reconstruct(sae, acts, keep, ablate:Optional[int]=None):
-    "`acts` with the kept tokens replaced by the SAE's reconstruction (latent `ablate` zeroed, if given)."
-    flat = acts[keep].float()
-    h = sae.encode(flat)
+def _predict(sae, x, ablate:Optional[int]=None):
+    "The SAE's output for `x` [tokens, width] (a transcoder's skip path included), latent `ablate` zeroed if given."
+    h = sae.encode(x)
     if ablate is not None: h[:, ablate] = 0.0
-    out = acts.clone(); out[keep] = sae.decode(h).to(acts.dtype)
+    skip = getattr(getattr(sae, 'variant', None), 'skip', None)
+    return sae.decode(h) + skip(sae, x) if skip else sae.decode(h)
+
+def _reconstruct(sae, acts, keep, ablate:Optional[int]=None, inputs=None): # inputs: a transcoder's, at `keep` too
+    "`acts` with the kept tokens replaced by the SAE's output (from `inputs` if given; latent `ablate` zeroed)."
+    x = (acts if inputs is None else inputs)[keep].float()
+    out = acts.clone(); out[keep] = _predict(sae, x, ablate).to(acts.dtype)
     return out
 
 # %% ../nbs/06_evaluation.ipynb #436e4afd
@@ -100,23 +113,28 @@ def _lm_outputs(model, batch) -> tuple:
 
 @torch.no_grad()
 def downstream(sae, model, tokenizer, texts:list, layer, max_length:int=128, outlier_norm_ratio:Optional[float]=None,
-               ablate_features:tuple=()) -> dict:
+               ablate_features:tuple=(),
+               input_layer=None, # a transcoder's input (default for transcoders: '<layer>:input', the module's input)
+              ) -> dict:
     "Model quality with the SAE spliced in at `layer`: CE recovered and KL (causal LMs) or embedding cosine (encoders)."
+    if input_layer is None and getattr(getattr(sae, 'variant', None), 'transcodes', False):
+        input_layer = f"{layer}{INPUT_SUFFIX}"  # in place of the module: its output predicted from its input
     device = next(model.parameters()).device
     enc = tokenizer(texts, return_tensors='pt', padding=True, truncation=True, max_length=max_length)
     batch = {k: v.to(device) for k, v in enc.items()}
     mask = batch['attention_mask'].bool()
     captured = {}
-    def grab(a): captured['acts'] = a; return a
-    with splice(model, layer, grab): clean, causal = _lm_outputs(model, batch)
+    def grab(a, inputs=None): captured['acts'] = a; return a
+    with splice(model, layer, grab, input_layer): clean, causal = _lm_outputs(model, batch)
     clean = clean.float()
     keep = mask & (_not_outliers(captured['acts'], mask, outlier_norm_ratio).to(device) if outlier_norm_ratio else mask)
     def run(replace):
-        with splice(model, layer, replace): return _lm_outputs(model, batch)[0].float()
-    spliced = run(lambda a: _reconstruct(sae, a, keep))
+        with splice(model, layer, replace, input_layer): return _lm_outputs(model, batch)[0].float()
+    predict = lambda ablate=None: lambda a, inputs=None: _reconstruct(sae, a, keep, ablate, inputs)
+    spliced = run(predict())
     res = {'spliced_tokens': int(keep.sum())}
     if causal:
-        zero = run(lambda a: torch.where(keep[..., None], torch.zeros_like(a), a))
+        zero = run(lambda a, inputs=None: torch.where(keep[..., None], torch.zeros_like(a), a))
         labels = batch['input_ids'][:, 1:]
         lmask = mask[:, 1:] & keep[:, :-1]
         def ce(logits): return F.cross_entropy(logits[:, :-1][lmask], labels[lmask]).item()
@@ -126,13 +144,13 @@ def downstream(sae, model, tokenizer, texts:list, layer, max_length:int=128, out
         res['kl_divergence'] = F.kl_div(spliced[mask].log_softmax(-1), clean[mask].log_softmax(-1), log_target=True,
                                         reduction='batchmean').item()
         for f in ablate_features:
-            ablated = ce(run(lambda a: _reconstruct(sae, a, keep, ablate=f)))
+            ablated = ce(run(predict(f)))
             res.setdefault('feature_ablation_delta_loss', {})[int(f)] = ablated - res['spliced_loss']
     else:
         pool = lambda e: (e * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
         res['embedding_cosine'] = F.cosine_similarity(pool(spliced), pool(clean), dim=-1).mean().item()
         for f in ablate_features:
-            abl = run(lambda a: _reconstruct(sae, a, keep, ablate=f))
+            abl = run(predict(f))
             delta = F.cosine_similarity(pool(abl), pool(spliced), dim=-1).mean().item() - 1
             res.setdefault('feature_ablation_delta_cosine', {})[int(f)] = delta
     return res
@@ -188,7 +206,15 @@ class EvalReport:
 
 # %% ../nbs/06_evaluation.ipynb #ccacf642
 def _batches(data, max_tokens:int, batch_size:int):
-    "Yield (activations, token ids or None) from a tensor, a (tensor, token_ids) pair, or a (store, run_id) pair."
+    "Yield (activations, token ids, target) from a tensor, a (tensor, token_ids) pair, a `Batch` or a (store, run_id)."
+    if isinstance(data, Batch):  # a transcoder's: the target rides along
+        for j in range(0, min(len(data), max_tokens), batch_size):
+            b = data[j:min(j + batch_size, max_tokens)]
+            yield b.acts, None, b.target
+        return
+    for x, t in _tensor_batches(data, max_tokens, batch_size): yield x, t, None
+
+def _tensor_batches(data, max_tokens:int, batch_size:int):
     if isinstance(data, tuple) and isinstance(data[0], ActivationStore):
         store, run_id = data
         seen = 0
@@ -206,21 +232,25 @@ def _batches(data, max_tokens:int, batch_size:int):
 
 # %% ../nbs/06_evaluation.ipynb #65504214
 @torch.no_grad()
-def evaluate(sae, data, # a [tokens, input_dim] tensor, a (tensor, token_ids) pair, or a (store, run_id) pair
+def evaluate(sae, data, # a [tokens, input_dim] tensor, a (tensor, token_ids) pair, a (store, run_id) pair, or a `Batch`
              model=None, tokenizer=None, texts:Optional[list]=None, layer=None, # for the splicing metrics
              true_dictionary:Optional[torch.Tensor]=None, # for the ground-truth metrics
              max_tokens:int=100_000, batch_size:int=4096, top_n:int=20, # top activations per latent for purity
              n_causal:int=5, # ablate this many of the most frequent features
              outlier_norm_ratio:Optional[float]=None, # splice only tokens within this × the median norm
+             input_layer=None, # a transcoder's input hook point, when not '<layer>:input' (see `downstream`)
             ) -> EvalReport:
     "Measure an SAE's reconstruction, sparsity, geometry, purity and, when given a model, its effect on the model."
     was_training = sae.training; sae.eval()
     dev = sae.W_dec.device
     run = _Running(sae.cfg.latent_dim, top_n)
-    for x, t in _batches(data, max_tokens, batch_size):
+    for x, t, target in _batches(data, max_tokens, batch_size):
+        if target is None and sae.variant.transcodes:
+            raise ValueError(f"evaluate: a {sae.cfg.activation} predicts a target from its input; give the data as a "
+                             f"Batch with target= (e.g. captured.batch(layer + ':input', target=layer)).")
         x = x.to(dev).float()
         out = sae(x)
-        run.add(x.cpu(), out.x_hat.cpu(), out.h.cpu(), t)
+        run.add((x if target is None else target).cpu().float(), out.x_hat.cpu(), out.h.cpu(), t)  # the prediction's
     if run.n == 0: raise ValueError("evaluate: the data holds no tokens.")
     density = run.fired / run.n
     mean_cos, max_cos = atom_cosines(sae.W_dec)
@@ -240,7 +270,7 @@ def evaluate(sae, data, # a [tokens, input_dim] tensor, a (tensor, token_ids) pa
             raise ValueError("evaluate: the splicing metrics need model, tokenizer, texts and layer together.")
         top = density.topk(min(n_causal, sae.cfg.latent_dim)).indices.tolist() if n_causal else []
         report.downstream = downstream(sae, model, tokenizer, texts, layer, outlier_norm_ratio=outlier_norm_ratio,
-                                       ablate_features=top)
+                                       ablate_features=top, input_layer=input_layer)
     if true_dictionary is not None: report.ground_truth = dictionary_recovery(sae.W_dec, true_dictionary)
     sae.train(was_training)
     return report
@@ -257,7 +287,8 @@ def _report_text(report:EvalReport) -> str:
 def sae_eval(sae:str='sae_out/sae', # an SAE `from_pretrained` reads: sae_train's sae_out/sae, SAELens, sparsify, a .pt
              shard_dir:str=None, # evaluate on this stored run (store/activations/<run_id>)
              model:str=None, # or capture from this model (built-in name, folder or hub name); enables splicing metrics
-             layer:str='15', # the model's hook point the SAE reads
+             layer:str='15', # the model's hook point the SAE reads (a transcoder: the module it stands in for)
+             target_layer:str=None, # transcoders: the hook point predicted (default: the output of --layer)
              texts:str='shakespeare', # corpus for capture and splicing
              max_texts:int=64, # passages to capture / splice over
              skip_texts:int=600, # skip this many passages: the main job trains on the first 600, so these are unseen
@@ -269,21 +300,24 @@ def sae_eval(sae:str='sae_out/sae', # an SAE `from_pretrained` reads: sae_train'
     import json as _json
     from sae_nb.architecture import SparseAutoencoder
     from sae_nb.data import load_model, load_texts, collect_activations
-    from sae_nb.cli import _parse_layers
+    from sae_nb.cli import _hook_points
     from sae_nb.config import atomic_write_text
     s = SparseAutoencoder.from_pretrained(sae, device='cpu')
     if not shard_dir and not model: raise ValueError("give --shard-dir (a stored run) or --model (to capture from).")
-    lay = _parse_layers(layer)[0]
+    reads, target = _hook_points(s.cfg, layer, target_layer)  # a transcoder reads one hook point and predicts another
     m = tok = passages = None
     if model: m, tok = load_model(model); passages = load_texts(texts)[skip_texts:skip_texts + max_texts]
     if shard_dir:
-        run = Path(shard_dir); data = (ActivationStore(run.parent.parent), run.name)
+        run = Path(shard_dir); st = ActivationStore(run.parent.parent)
+        data = ((st, run.name) if target is None else
+                Batch(st.load_run(run.name, reads), target=st.load_run(run.name, target)))
     else:
-        cap = collect_activations(m, tok, passages, layer=lay, progress=False,
-                                  outlier_norm_ratio=outlier_norm_ratio or None)
-        data = (cap.acts[lay], cap.token_ids)
+        cap = collect_activations(m, tok, passages, layer=[reads] + ([target] if target is not None else []),
+                                  progress=False, outlier_norm_ratio=outlier_norm_ratio or None)
+        data = (cap.acts[reads], cap.token_ids) if target is None else cap.batch(reads, target)
     report = evaluate(s, data, model=m, tokenizer=tok, texts=passages[:16] if passages else None,
-                      layer=lay if m else None, max_tokens=max_tokens, outlier_norm_ratio=outlier_norm_ratio or None)
+                      layer=(reads if target is None else target) if m else None, max_tokens=max_tokens,
+                      outlier_norm_ratio=outlier_norm_ratio or None, input_layer=reads if target is not None else None)
     where = (f"passages {skip_texts} to {skip_texts + len(passages) - 1} of {texts!r}" if not shard_dir else
              f"every token of the stored run {Path(shard_dir).name} "
              "(held out only if the SAE did not train on that run)")

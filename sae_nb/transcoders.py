@@ -15,12 +15,12 @@ from .architecture import VARIANTS, register_variant
 __all__ = ['TRANSCODER_LATENTS', 'TranscoderSettings', 'transcoder_encode', 'skip_path', 'skip_transcoder_encode']
 
 # %% ../nbs/02c_transcoders.ipynb #0f0914cf
-TRANSCODER_LATENTS = ('topk', 'batchtopk', 'relu', 'jumprelu') # variants whose activation a transcoder can use
+TRANSCODER_LATENTS = ('topk', 'batchtopk', 'relu') # variants (without settings of their own) a transcoder can use
 
 @dataclass(frozen=True)
 class TranscoderSettings:
     "The transcoder variants' own settings."
-    latents:str = 'topk' # the variant whose activation picks the latents: topk, batchtopk, relu or jumprelu
+    latents:str = 'topk' # the variant whose activation picks the latents: topk, batchtopk or relu
     def __post_init__(self):
         if self.latents not in TRANSCODER_LATENTS:
             raise ValueError(f"latents={self.latents!r} is not one a transcoder can use; use one of "
@@ -30,7 +30,7 @@ def _latents(sae): return VARIANTS[sae.cfg.variant.latents]
 
 def _transcoder_setup(sae):
     with torch.no_grad(): sae.W_dec.zero_()  # the output's scale is not the input's: start from nothing, as sparsify
-    if _latents(sae).setup: _latents(sae).setup(sae)  # e.g. jumprelu's thresholds
+    if _latents(sae).setup: _latents(sae).setup(sae)  # e.g. batchtopk's threshold
 
 def _transcoder_sparsity(sae, pre, h, sigma=1.0):
     "The sparsity penalty of the latents' variant (none for top-k)."
@@ -52,11 +52,12 @@ def transcoder_encode(sae, pre):
 
 def _skip_setup(sae):
     _transcoder_setup(sae)
-    sae.W_skip = nn.Parameter(torch.zeros(sae.cfg.input_dim, sae.cfg.input_dim))  # [input_dim, input_dim]; as sparsify
+    # [output, input], as sparsify and SAELens store it (their files hold it under the same name, untransposed)
+    sae.W_skip = nn.Parameter(torch.zeros(sae.cfg.input_dim, sae.cfg.input_dim))
 
 def skip_path(sae, x): # x: [batch, input_dim] the module's input, unscaled
-    "The linear skip path `x @ W_skip`."
-    return x @ sae.W_skip
+    "The linear skip path `x @ W_skip.T`."
+    return x @ sae.W_skip.T
 
 @register_variant('skip_transcoder', setup=_skip_setup, sparsity=_transcoder_sparsity, losses=_transcoder_losses,
                   settings=TranscoderSettings, topk_style=True, transcodes=True, skip=skip_path)
