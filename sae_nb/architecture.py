@@ -72,6 +72,8 @@ class SparsifyLayout:
     transcode: bool = False # sparsify's `transcode`: it predicts another hook point's activations
     skip_connection: bool = False # sparsify's `skip_connection`: a linear `W_skip` beside the latents
     tensors: tuple = () # its own tensors, saved under the same names (e.g. `('W_skip',)`)
+    save: Optional[Callable] = None # (sae) -> None: refuse (`UnsupportedFormat`) what sparsify's layout cannot hold
+    load: Optional[Callable] = None # (cfg) -> settings: the sae_nb settings a sparsify cfg.json means
 
 VARIANTS: dict[str, Variant] = {}
 

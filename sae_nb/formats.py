@@ -55,10 +55,11 @@ def _saelens_layout(arch:str) -> SAELensLayout:
 
 _SAELENS_ARITHMETIC = {'architecture', 'd_in', 'd_sae', 'dtype', 'apply_b_dec_to_input', 'normalize_activations',
                        'rescale_acts_by_decoder_norm', 'k', 'activation_fn', 'activation_fn_str',
-                       'activation_fn_kwargs', 'finetuning_scaling_factor', 'sae_nb_config'}
+                       'activation_fn_kwargs', 'finetuning_scaling_factor', 'sae_nb_config', 'd_out'}
 _SAELENS_NO_EFFECT = {  # placement, hook reshaping, provenance, and settings that only act during training
     'device', 'reshape_activations', 'metadata', 'model_name', 'hook_name', 'hook_point', 'hook_layer',
     'hook_head_index', 'hook_point_head_index', 'hook_point_layer', 'hook_name_out', 'hook_head_index_out',
+    'hook_layer_out',
     'hf_hook_name', 'hf_hook_name_out', 'model_class_name', 'model_from_pretrained_kwargs', 'context_size',
     'dataset_path', 'dataset_trust_remote_code', 'prepend_bos', 'exclude_special_tokens', 'seqpos_slice',
     'neuronpedia_id', 'sae_lens_version', 'sae_lens_training_version', 'aux_loss_coefficient', 'decoder_init_norm',
@@ -69,7 +70,6 @@ _SAELENS_NO_EFFECT = {  # placement, hook reshaping, provenance, and settings th
     'decoder_heuristic_init', 'init_encoder_as_decoder_transpose', 'scale_sparsity_penalty_by_decoder_norm',
     'decoder_orthogonal_init'}
 _SAELENS_REFUSED = {
-    'transcoder': "a transcoder (it maps one hook point to another)", 'skip_transcoder': "a skip-transcoder",
     'jumprelu_transcoder': "a JumpReLU transcoder", 'jumprelu_skip_transcoder': "a JumpReLU skip-transcoder",
     'abstopk': "an AbsTopK SAE (top-k by absolute value, signed latents)",
     'temporal': "a temporal SAE (attention over earlier tokens)", 'matching_pursuit': "a matching-pursuit SAE"}
@@ -137,7 +137,8 @@ def _saelens_tensors(lens:dict, t:dict, folder:Path, source) -> tuple:
             _refuse(source, "the weights hold a scaling_factor that is not all ones, but finetuning_scaling_factor "
                     "is false", "Set finetuning_scaling_factor in cfg.json to what the SAE was trained with "
                     "(SAELens refuses this file too)")
-    if not lens.get('apply_b_dec_to_input', True):  # x·W + b  =  (x − b_dec)·W + (b + b_dec·W)
+    transcodes = VARIANTS[saelens_architectures()[lens['architecture']]].transcodes  # b_dec is the output's bias
+    if not lens.get('apply_b_dec_to_input', True) and not transcodes:  # x·W + b  =  (x − b_dec)·W + (b + b_dec·W)
         shift = t['b_dec'] @ t['W_enc']
         t['b_enc'] = t['b_enc'] + shift  # the pre-activations are unchanged, so a threshold stays as it is
     # pre·n picks the latents, divided by n to decode
@@ -182,7 +183,7 @@ def load_saelens(cls:SparseAutoencoder, path:str|Path, # a folder with SAELens' 
     _check_saelens_fields(lens, source, ignore_fields)
     tensors, own = _saelens_tensors(lens, _read_safetensors(path/'sae_weights.safetensors'), path, source)
     settings = {**(lens.get('sae_nb_config') or {}), **own}
-    k = lens.get('k') or 100  # SAELens' own default
+    k = lens.get('k') or min(100, int(lens['d_sae']))  # SAELens' own default, within the width (unused but for top-k)
     sae = _build(saelens_architectures()[lens['architecture']], tensors, source, k=k, settings=settings)
     sae.metadata = {'format': 'saelens', **(lens.get('metadata') or {}),
                     **{n: lens[n] for n in ('model_name', 'hook_name') if n in lens}}
@@ -213,7 +214,8 @@ def save_saelens(self:SparseAutoencoder, path:str|Path, # a folder; created if n
     cfg = dict(architecture=own.pop('architecture'), d_in=c.input_dim, d_sae=c.latent_dim, dtype='float32',
                device='cpu', apply_b_dec_to_input=True, normalize_activations='none',
                reshape_activations='hook_z' if (meta.get('hook_name') or '').endswith('hook_z') else 'none',
-               metadata=meta, sae_nb_config=sae.cfg.to_dict(), **own)
+               metadata=meta, sae_nb_config=sae.cfg.to_dict())
+    cfg.update(own)  # the variant's own fields (k), or ones it sets otherwise (a transcoder's apply_b_dec_to_input)
     with atomic_path(path/'sae_weights.safetensors') as tmp: save_file(tensors, str(tmp))
     atomic_write_text(path/'cfg.json', json.dumps(cfg, indent=2))
     return path
@@ -250,7 +252,8 @@ def _read_sparsify(path:Path, ignore_fields=()) -> SparseAutoencoder:
     if tensors['W_enc'].shape[0] != cfg.get('d_in'):
         raise CheckpointError(f"{path}: d_in={cfg.get('d_in')} in cfg.json, but "
                               f"the encoder reads {tensors['W_enc'].shape[0]}.")
-    sae = _build(variant, tensors, source, k=cfg.get('k', 32))
+    layout = VARIANTS[variant].formats['sparsify']
+    sae = _build(variant, tensors, source, k=cfg.get('k', 32), settings=layout.load(cfg) if layout.load else None)
     sae.metadata = {'format': 'sparsify', 'hookpoint': path.name}
     return sae
 
@@ -284,6 +287,7 @@ def save_sparsify(self:SparseAutoencoder, path:str|Path, # the SAE's folder (or,
     layout = self.variant.formats.get('sparsify')
     if layout is None: _refuse(c.activation, "sparsify runs only per-token TopK SAEs",
                                "Save it with save_saelens() or sae.save()")
+    if layout.save: layout.save(sae)
     path = Path(path)/hookpoint if hookpoint else Path(path)
     tensors = {'encoder.weight': sae.W_enc.detach().T.float().cpu().contiguous(),
                'encoder.bias': sae.b_enc.detach().float().cpu(),

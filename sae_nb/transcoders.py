@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from .architecture import VARIANTS, register_variant
+from .architecture import VARIANTS, register_variant, SAELensLayout, SparsifyLayout, UnsupportedFormat
 
 # %% auto #0
 __all__ = ['TRANSCODER_LATENTS', 'TranscoderSettings', 'transcoder_encode', 'skip_path', 'skip_transcoder_encode']
@@ -44,8 +44,39 @@ def _transcoder_losses(sae, x, x_hat, h, **context):
     return spec.losses(sae, x, x_hat, h, **context) if spec.losses else {}
 
 # %% ../nbs/02c_transcoders.ipynb #3450ad1e
+def _needs_latents(sae, latents:str, library:str, fix:str):
+    if sae.cfg.variant.latents != latents:
+        raise UnsupportedFormat(f"{sae.cfg.activation} with latents={sae.cfg.variant.latents!r}: {library}'s "
+                                f"transcoders keep their latents by {latents}. {fix}")
+
+def _transcoder_to_saelens(sae, t):
+    _needs_latents(sae, 'relu', 'SAELens', "Save it with save_sparsify() (top-k latents) or sae.save()")
+    if sae.variant.skip: t['W_skip'] = sae.W_skip.detach().float().cpu().contiguous()
+    return dict(d_out=sae.cfg.input_dim, apply_b_dec_to_input=False)
+
+def _transcoder_from_saelens(lens, t, source):
+    if lens.get('d_out', lens['d_in']) != lens['d_in']:
+        raise UnsupportedFormat(f"{source}: a transcoder from {lens['d_in']} to d_out={lens['d_out']} dimensions; "
+                                "sae_nb's transcoders predict an output as wide as their input. Use SAELens to run it")
+    if lens.get('normalize_activations', 'none') != 'none':  # SAELens scales the input only, not the output
+        raise UnsupportedFormat(f"{source}: a transcoder with normalize_activations="
+                                f"{lens['normalize_activations']!r}, which scales its input but not its output. "
+                                "Fold the scale in SAELens and save again")
+    return {'variant_settings': {'latents': 'relu'}}
+
+def _transcoder_to_sparsify(sae):
+    _needs_latents(sae, 'topk', 'sparsify', "Save it with save_saelens() (ReLU latents) or sae.save()")
+
+def _transcoder_from_sparsify(cfg): return {'variant_settings': {'latents': 'topk'}}
+
+_TO_SPARSIFY = dict(save=_transcoder_to_sparsify, load=_transcoder_from_sparsify)
+
+# %% ../nbs/02c_transcoders.ipynb #7c91f2f8
 @register_variant('transcoder', setup=_transcoder_setup, sparsity=_transcoder_sparsity, losses=_transcoder_losses,
-                  settings=TranscoderSettings, topk_style=True, transcodes=True)
+                  settings=TranscoderSettings, topk_style=True, transcodes=True,
+                  formats={'saelens': SAELensLayout('transcoder', save=_transcoder_to_saelens,
+                                                    load=_transcoder_from_saelens),
+                           'sparsify': SparsifyLayout(transcode=True, **_TO_SPARSIFY)})
 def transcoder_encode(sae, pre):
     "The latents of the module's input, chosen as the `latents` variant chooses them."
     return _latents(sae).encode(sae, pre)
@@ -60,5 +91,9 @@ def skip_path(sae, x): # x: [batch, input_dim] the module's input, unscaled
     return x @ sae.W_skip.T
 
 @register_variant('skip_transcoder', setup=_skip_setup, sparsity=_transcoder_sparsity, losses=_transcoder_losses,
-                  settings=TranscoderSettings, topk_style=True, transcodes=True, skip=skip_path)
+                  settings=TranscoderSettings, topk_style=True, transcodes=True, skip=skip_path,
+                  formats={'saelens': SAELensLayout('skip_transcoder', save=_transcoder_to_saelens,
+                                                    load=_transcoder_from_saelens),
+                           'sparsify': SparsifyLayout(transcode=True, skip_connection=True, tensors=('W_skip',),
+                                                      **_TO_SPARSIFY)})
 def skip_transcoder_encode(sae, pre): return transcoder_encode(sae, pre)

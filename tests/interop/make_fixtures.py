@@ -167,8 +167,6 @@ def saelens_cases(c: Cases):
 
     refused = {'layer_norm': ('standard', dict(normalize_activations='layer_norm'), "normalises each token"),
                'constant_norm_rescale': ('standard', dict(normalize_activations='constant_norm_rescale'), "normalises each token"),
-               'transcoder': ('transcoder', dict(d_out=D, apply_b_dec_to_input=False), "is a transcoder"),
-               'skip_transcoder': ('skip_transcoder', dict(d_out=D, apply_b_dec_to_input=False), "is a skip-transcoder"),
                'jumprelu_transcoder': ('jumprelu_transcoder', dict(d_out=D, apply_b_dec_to_input=False), "JumpReLU transcoder"),
                'temporal': ('temporal', {}, "temporal SAE"),
                'abstopk': ('abstopk', dict(k=K), "AbsTopK"),
@@ -179,6 +177,16 @@ def saelens_cases(c: Cases):
             print(f"  (SAELens could not build {variant}: {e}; left out)"); continue
         c.write(f'saelens_{variant}', 'saelens', variant, 'saelens → sae_nb', lambda case, s=sae: s.save_model(case/'sae'),
                 refuse=why)
+
+    # Transcoders: the input's latents predict another hook point's activations (here of the same width); the skip
+    # path is in forward(), not decode()
+    def by_saelens_forward(case):
+        sae = SAE.load_from_disk(case/'sae')
+        with torch.no_grad(): return x, sae.encode(x), sae(x)
+    for i, arch in enumerate(('transcoder', 'skip_transcoder')):
+        sae = inference(arch, 55 + i, d_out=D, apply_b_dec_to_input=False)
+        c.write(f'saelens_{arch}', 'saelens', arch, 'saelens → sae_nb', lambda case, s=sae: s.save_model(case/'sae'),
+                by_saelens_forward)
 
     # Files from before SAELens 6: settings at the top level, read through SAELens' own handle_pre_6_0_config.
     def pre6(case):
@@ -220,18 +228,24 @@ def saelens_cases(c: Cases):
 # ---------------------------------------------------------------- sae_nb → SAELens
 def _nb_saes():
     "One sae_nb SAE per variant, with random biases and thresholds; BatchTopK has learned its threshold."
-    from sae_nb.architecture import SparseAutoencoder
+    from sae_nb.architecture import SparseAutoencoder, set_jumprelu_threshold
     from sae_nb.config import SAEConfig
     saes = {}
     for i, act in enumerate(('relu', 'topk', 'batchtopk', 'jumprelu', 'gated', 'matryoshka')):
         sae = SparseAutoencoder(SAEConfig(input_dim=D, expansion_factor=F / D, activation=act, k=K, seed=70 + i), device='cpu')
         _randomise(sae, 70 + i)
         if act == 'jumprelu':
-            with torch.no_grad(): sae.log_threshold.copy_((torch.rand(F) * 0.5 + 0.01).log())
+            with torch.no_grad(): set_jumprelu_threshold(sae, torch.rand(F) * 0.5 + 0.01)
         if act in ('batchtopk', 'matryoshka'):
             sae.train()
             with torch.no_grad(): sae(_inputs(1) * 3)  # learns its inference threshold from one batch
         saes[act] = sae.eval()
+    for i, (act, latents) in enumerate((('transcoder', 'relu'), ('skip_transcoder', 'relu'), ('transcoder', 'topk'),
+                                        ('skip_transcoder', 'topk'))):
+        sae = SparseAutoencoder(SAEConfig(input_dim=D, expansion_factor=F / D, activation=act, k=K, seed=80 + i,
+                                          variant_settings={'latents': latents}), device='cpu')
+        _randomise(sae, 80 + i)
+        saes[f'{act}, {latents} latents'] = sae.eval()
     scaled = SparseAutoencoder(SAEConfig(input_dim=D, expansion_factor=F / D, activation='topk', k=K, seed=75,
                                          normalize_activations='expected_average_only_in'), device='cpu')
     _randomise(scaled, 75)
@@ -245,10 +259,9 @@ def to_saelens_cases(c: Cases):
     x = _inputs()
     def by_saelens(case):
         sae = SAE.load_from_disk(case/'sae')
-        with torch.no_grad():
-            latents = sae.encode(x)
-            return x, latents, sae.decode(latents)
+        with torch.no_grad(): return x, sae.encode(x), sae(x)  # forward: a skip-transcoder's skip path is there
     for variant, sae in _nb_saes().items():
+        if 'transcoder' in variant and 'relu' not in variant: continue  # SAELens' transcoders have ReLU latents
         def make(case, s=sae):
             s.save(case/'native')
             s.save_saelens(case/'sae', model_name='gpt2', hook_name='blocks.6.hook_resid_post')
@@ -270,7 +283,8 @@ def sparsify_cases(c: Cases):
         with torch.no_grad():
             enc = s.encode(x)
             latents = torch.zeros(N, s.num_latents).scatter(1, enc.top_indices, enc.top_acts)
-            return x, latents, s.decode(enc.top_acts, enc.top_indices)  # forward()'s output is the same but for multi_topk
+            x_hat = s.decode(enc.top_acts, enc.top_indices)  # forward()'s output is the same but for multi_topk
+            return x, latents, x_hat + (x @ s.W_skip.mT if s.W_skip is not None else 0)  # a skip path, as forward()
 
     cases = {'topk': dict(num_latents=F), 'topk, multi_topk=True': dict(num_latents=F, multi_topk=True),
              'topk, expansion_factor=4': dict(expansion_factor=F // D)}
@@ -295,18 +309,22 @@ def sparsify_cases(c: Cases):
             lambda case: [s.save_to_disk(case/'sae'/hp) for hp, s in two.items()],
             lambda case: by_sparsify(case/'sae'/'layers.5.mlp'), hookpoint='layers.5.mlp')
     for variant, kw, why in (('groupmax', dict(num_latents=F, activation='groupmax'), "activation 'groupmax'"),
-                             ('transcoder', dict(num_latents=F, transcode=True), "is a transcoder"),
                              ('skip_connection', dict(num_latents=F, skip_connection=True), "skip connection")):
         s = coder(90, **kw)
         c.write(f'sparsify_{variant}', 'sparsify', variant, 'sparsify → sae_nb', lambda case, s=s: s.save_to_disk(case/'sae'),
                 refuse=why)
+    for i, (variant, kw) in enumerate((('transcoder', dict(transcode=True)),
+                                       ('skip-transcoder', dict(transcode=True, skip_connection=True)))):
+        s = coder(92 + i, num_latents=F, **kw)
+        c.write(f"sparsify_{variant.replace('-', '_')}", 'sparsify', variant, 'sparsify → sae_nb',
+                lambda case, s=s: s.save_to_disk(case/'sae'), lambda case: by_sparsify(case/'sae'))
     for variant, sae in _nb_saes().items():
-        if not variant.startswith('topk'): continue
+        if not (variant.startswith('topk') or 'topk latents' in variant): continue
         def make(case, s=sae):
             s.save(case/'native')
             s.save_sparsify(case/'sae')
-        c.write('to_sparsify_topk' + ('_scaled' if 'scale' in variant else ''), 'sparsify', variant, 'sae_nb → sparsify',
-                make, lambda case: by_sparsify(case/'sae'))
+        name = 'to_sparsify_' + variant.split(',')[0] + ('_scaled' if 'scale' in variant else '')
+        c.write(name, 'sparsify', variant, 'sae_nb → sparsify', make, lambda case: by_sparsify(case/'sae'))
 
 
 def main(argv=None):
