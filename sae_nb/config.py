@@ -73,8 +73,8 @@ class SAEConfig:
     # architecture
     input_dim:int = setting(768, "width of the activations the SAE reads (the model's hidden size)")
     expansion_factor:float = setting(8, "latents per input dimension: latent_dim = round(input_dim × expansion_factor)")
-    activation:str = setting('topk', "the SAE variant: relu, topk, batchtopk, jumprelu, gated, matryoshka, or one "
-                                     "you registered (02_architecture)")
+    activation:str = setting('topk', "the SAE variant: relu, topk, batchtopk, jumprelu, gated, matryoshka, "
+                                     "transcoder, skip_transcoder, or one you registered (02_architecture)")
     k:int = setting(32, "topk: active latents per token; batchtopk: their mean over the batch; jumprelu: the mean "
                         "L0 its penalty steers to")
     use_relu:bool = setting(True, "relu activation only: apply the ReLU (False gives a plain linear encoder)")

@@ -33,7 +33,8 @@ class Case:
     values: tuple  # settings to try instead of the base one (each must change the observable)
     observe: str  # weights, history, eval, split, files, calls, forwards, device or error: what must differ
     context: dict = None  # other settings it needs to matter
-    data: str = 'tokens'  # tokens: synthetic activations of labelled texts; texts: the tiny GPT-2 streamed over text
+    data: str = 'tokens'  # tokens: synthetic activations of labelled texts; texts: the tiny GPT-2 streamed over text;
+                          # pairs: those activations with a target (a module's output) for transcoders
     raises: tuple = None  # (exception type, words of its message) when the change must be refused
 
 
@@ -103,9 +104,11 @@ VARIANT_CASES = {
     ('gated', 'aux_coeff'): Case((0.0,), 'weights', dict(l1_penalty_coeff=0.1)),
     ('matryoshka', 'group_sizes'): Case(((16, 48),), 'weights'),
     ('matryoshka', 'prefix_coeff'): Case((0.0,), 'weights'),
+    ('transcoder', 'latents'): Case(('relu', 'batchtopk'), 'weights', data='pairs'),
+    ('skip_transcoder', 'latents'): Case(('relu', 'batchtopk'), 'weights', data='pairs'),
 }
-OWN = [(name, f.name) for name, v in arch.VARIANTS.items() if v.settings and v.settings.__module__ == arch.__name__
-       for f in fields(v.settings)]  # the variants of 02_architecture
+OWN = [(name, f.name) for name, v in arch.VARIANTS.items() if v.settings and v.settings.__module__.startswith('sae_nb.')
+       for f in fields(v.settings)]  # the package's variants (02_architecture, 02c_transcoders)
 
 
 @pytest.fixture(scope='module', autouse=True)
@@ -133,6 +136,14 @@ def labelled_texts() -> Batch:
     x = synthetic_activations(n_tokens=2048, input_dim=16, n_features=64, mean_active=4).x
     row = torch.arange(len(x))
     return Batch(x, row // 32, row % 32, (row // 32) % 3)
+
+
+@lru_cache(maxsize=1)
+def module_pairs() -> Batch:
+    "The same activations with a target: what a small fixed MLP makes of each (a transcoder learns to predict it)."
+    b, g = labelled_texts(), torch.Generator().manual_seed(7)
+    w1, w2 = torch.randn(16, 32, generator=g) / 4, torch.randn(32, 16, generator=g) / 6
+    return Batch(b.acts, b.sequence_ids, b.positions, b.labels, torch.relu(b.acts @ w1) @ w2)
 
 
 @lru_cache(maxsize=1)
@@ -182,7 +193,7 @@ def train(data:str, settings:dict) -> dict:
                 tr = train_sae(model, texts, cfg, layer=1, tokenizer=tok, mode='stream', progress=False)
             else:
                 forwards = []
-                tr = SAETrainer(cfg, progress=False).train(labelled_texts()[:])
+                tr = SAETrainer(cfg, progress=False).train((module_pairs() if data == 'pairs' else labelled_texts())[:])
         except Exception as e: return dict(error=(type(e), str(e)))
     return dict(error=None, weights={k: v.detach().cpu().clone() for k, v in tr.sae.state_dict().items()},
                 history={k: v for k, v in tr.history.items() if k not in TIMING}, eval=tr.state.eval_history,
