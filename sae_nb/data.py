@@ -416,34 +416,44 @@ def _write_shard(run:Path, captured:Captured, index:int, dtype) -> dict:
 
 def _dtype_name(dtype) -> str: return str(dtype).replace('torch.', '')
 
-@patch
-def _write_run(self:ActivationStore, run_id:str, parts:Iterable, info:dict, shard_tokens:int, dtype) -> str:
-    "Write `parts` (an iterable of `Captured`) as shards of about `shard_tokens`, then meta.json."
-    run = self.run_dir(run_id)
-    if run.exists(): shutil.rmtree(run)  # a capture that was killed: start it again
-    run.mkdir(parents=True)
+def _write_meta(run:Path, info:dict, shards:list, width:dict, dtype) -> None:
+    meta = {**info, 'input_dim': width, 'dtype': _dtype_name(dtype), 'tokens': sum(s['tokens'] for s in shards),
+            'shards': shards, 'created': datetime.now(timezone.utc).isoformat(timespec='seconds')}
+    atomic_write_text(run/'meta.json', json.dumps(meta, indent=1))  # written last: the run is complete once it exists
+
+def _remove_unfinished(run:Path):
+    "Delete a run folder, and the store folders above it if that leaves them empty."
+    shutil.rmtree(run, ignore_errors=True)
+    for folder in (run.parent, run.parent.parent):
+        try: folder.rmdir()
+        except OSError: break
+
+def _write_shards(run:Path, parts:Iterable, shard_tokens:int, dtype) -> tuple:
+    "Write `parts` (`Captured`s) into `run` as shards of about `shard_tokens`, each once it fills: `(shards, width)`."
     shards, pending, width = [], [], {}
     def flush():
         if not pending: return
-        cap = Captured.cat(pending); pending.clear()
+        cap = Captured.cat(pending); pending.clear()  # memory holds at most one shard and one part
         width.update({str(k): v.shape[-1] for k, v in cap.acts.items()})
-        shards.append(_write_shard(run, cap, len(shards), dtype))
+        shards.append(_write_shard(run, cap, len(shards), dtype or next(iter(cap.acts.values())).dtype))
     try:
+        if shard_tokens < 1: raise ValueError(f"shard_tokens={shard_tokens} must be at least 1 (tokens per shard).")
         for part in parts:
             if len(part): pending.append(part)
             if sum(map(len, pending)) >= shard_tokens: flush()
         flush()
         if not shards: raise StoreError("Nothing to store: the texts tokenise to nothing, or the tensor is empty.")
     except BaseException:  # an error (not a kill) leaves nothing behind: no partial run, no empty store folders
-        shutil.rmtree(run, ignore_errors=True)
-        for folder in (run.parent, run.parent.parent):
-            try: folder.rmdir()
-            except OSError: break
-        raise
-    meta = {**info, 'run_id': run_id, 'input_dim': width, 'dtype': _dtype_name(dtype),
-            'tokens': sum(s['tokens'] for s in shards), 'shards': shards,
-            'created': datetime.now(timezone.utc).isoformat(timespec='seconds')}
-    atomic_write_text(run/'meta.json', json.dumps(meta, indent=1))
+        _remove_unfinished(run); raise
+    return shards, width
+
+@patch
+def _write_run(self:ActivationStore, run_id:str, parts:Iterable, info:dict, shard_tokens:int, dtype) -> str:
+    "Write `parts` (an iterable of `Captured`) as shards of about `shard_tokens`, then meta.json."
+    run = self.run_dir(run_id)
+    if run.exists(): shutil.rmtree(run)  # a capture that was killed: start it again
+    run.mkdir(parents=True)
+    _write_meta(run, {**info, 'run_id': run_id}, *_write_shards(run, parts, shard_tokens, dtype), dtype)
     return run_id
 
 # %% ../nbs/04_data.ipynb #a2de4bbd
@@ -477,27 +487,56 @@ def capture(self:ActivationStore, model, tokenizer, texts:list,
                           progress=progress, outlier_norm_ratio=outlier_norm_ratio, labels=labels)
     return self._write_run(run_id, parts, info, shard_tokens, dtype)
 
+def _numbered(x:torch.Tensor, first:int) -> Captured:
+    "Rows of a plain tensor as a `Captured` in which each row is its own text, numbered from `first`."
+    ids = torch.arange(first, first + len(x))
+    return Captured({0: x}, ids, ids.clone(), torch.zeros(len(x), dtype=torch.long))
+
+def _parts(x, shard_tokens:int) -> Iterator[Captured]:
+    "`x` (a tensor, a `Captured`, or an iterable of either) as a stream of `Captured` parts."
+    if torch.is_tensor(x) or isinstance(x, Captured):
+        cap = _numbered(x, 0) if torch.is_tensor(x) else x
+        part = lambda t, i: None if t is None else t[i:i + shard_tokens]
+        for i in range(0, len(cap), shard_tokens):
+            yield Captured({k: part(v, i) for k, v in cap.acts.items()},
+                           *(part(getattr(cap, n), i) for n in ('token_ids', 'sequence_ids', 'positions', 'labels')))
+        return
+    rows = 0
+    for p in x:
+        if not (torch.is_tensor(p) or isinstance(p, Captured)):
+            raise TypeError(f"save_run got a part of type {type(p).__name__}: give tensors of [tokens, width] "
+                            f"or `Captured`s.")
+        yield _numbered(p, rows) if torch.is_tensor(p) else p
+        rows += len(p)
+
 @patch
-def save_run(self:ActivationStore, x:Union[torch.Tensor, Captured], # [tokens, width] activations, or a `Captured`
+def save_run(self:ActivationStore,
+             x, # [tokens, width] activations, a `Captured`, or an iterable of either (written as it comes)
              name:str='tensor', # recorded as the run's model
              shard_tokens:int=65_536) -> str:
-    "Store activations you already have as a run; returns its id."
-    cap = x if isinstance(x, Captured) else Captured({0: x}, *(torch.arange(len(x)) for _ in range(2)),
-                                                     torch.zeros(len(x), dtype=torch.long))
-    if not len(cap): raise StoreError("Nothing to store: the tensor is empty.")
-    layers = list(cap.acts)
-    h = hashlib.sha256()
-    for v in cap.acts.values(): h.update(v.contiguous().view(torch.uint8).numpy())  # every byte: a prefix is not enough
-    digest = h.hexdigest()
-    info = dict(model=name, layers=layers, corpus=digest[:16], n_texts=int(cap.sequence_ids.max()) + 1)
-    run_id = hashlib.sha256(json.dumps({**info, 'tokens': len(cap)}, sort_keys=True).encode()).hexdigest()[:12]
-    if run_id in self.runs(): return run_id
-    dtype = next(iter(cap.acts.values())).dtype
-    part = lambda t, i: None if t is None else t[i:i + shard_tokens]
-    chunks = (Captured({k: part(v, i) for k, v in cap.acts.items()},
-                       *(part(getattr(cap, n), i) for n in ('token_ids', 'sequence_ids', 'positions', 'labels')))
-              for i in range(0, len(cap), shard_tokens))
-    return self._write_run(run_id, chunks, info, shard_tokens, dtype)
+    "Store activations as a run, one shard at a time, or find the same run already stored; returns its id."
+    hashes, count = {}, dict(tokens=0, n_texts=0, dtype=None)
+    def hashed(parts):
+        for cap in parts:
+            for k, v in cap.acts.items():  # every byte: a prefix is not enough
+                hashes.setdefault(k, hashlib.sha256()).update(v.contiguous().view(torch.uint8).numpy())
+            if len(cap):
+                count['tokens'] += len(cap); count['dtype'] = count['dtype'] or next(iter(cap.acts.values())).dtype
+                count['n_texts'] = max(count['n_texts'], int(cap.sequence_ids.max()) + 1)
+            yield cap
+    tmp = self.root/f".saving-{os.getpid()}-{time.time_ns()}"  # its id is known only once every byte is read
+    tmp.mkdir(parents=True)
+    try: shards, width = _write_shards(tmp, hashed(_parts(x, shard_tokens)), shard_tokens, None)
+    except StoreError: raise StoreError("Nothing to store: the tensor is empty.") from None
+    digests = [h.hexdigest() for h in hashes.values()]
+    digest = digests[0] if len(digests) == 1 else hashlib.sha256(''.join(digests).encode()).hexdigest()
+    info = dict(model=name, layers=list(hashes), corpus=digest[:16], n_texts=count['n_texts'])
+    run_id = hashlib.sha256(json.dumps({**info, 'tokens': count['tokens']}, sort_keys=True).encode()).hexdigest()[:12]
+    if run_id in self.runs(): shutil.rmtree(tmp); return run_id
+    shutil.rmtree(self.run_dir(run_id), ignore_errors=True)  # a save that was killed: replace it
+    tmp.rename(self.run_dir(run_id))
+    _write_meta(self.run_dir(run_id), {**info, 'run_id': run_id}, shards, width, count['dtype'])
+    return run_id
 
 # %% ../nbs/04_data.ipynb #51acd8e1
 @patch
@@ -537,7 +576,7 @@ def load_shard(self:ActivationStore, run_id:str, index:int, layer=None, verify:b
 
 @patch
 def load_run(self:ActivationStore, run_id:str, layer=None, verify:bool=True) -> torch.Tensor:
-    "All of a run's activations at one hook point, as one `[tokens, width]` tensor."
+    "All of a run's activations at one hook point, as one `[tokens, width]` tensor (in memory: for runs that fit)."
     return torch.cat([self.load_shard(run_id, i, layer, verify)['activations']
                       for i in range(len(self.meta(run_id)['shards']))])
 
@@ -612,11 +651,14 @@ class ActivationSource:
                  epochs:int=1, # passes over the data
                  seed:int=0, # seed of the shuffling and of the held-out pick
                  token_limit:Optional[int]=None, # stop after this many tokens (None: no limit)
-                 buffer_tokens:int=262_144, # size of the mixing buffer
+                 buffer_tokens:int=262_144, # tokens the shuffle mixes: memory holds at most this plus one chunk
                  run_length:int=1, # consecutive tokens of a text the shuffle keeps together (≥ 2: temporal smoothness)
                 ):
         if batch_size < 1: raise ValueError(f"batch_size={batch_size} must be at least 1.")
         if run_length < 1: raise ValueError(f"run_length={run_length} must be at least 1.")
+        if not isinstance(buffer_tokens, int) or buffer_tokens < 1:
+            raise ValueError(f"buffer_tokens={buffer_tokens!r} must be a whole number of tokens, at least 1: the "
+                             f"shuffle mixes that many (memory holds that many rows plus one shard).")
         self.batch_size, self.epochs, self.seed, self.token_limit = batch_size, epochs, seed, token_limit
         self.buffer_tokens, self.run_length = buffer_tokens, run_length
         self.epoch, self.batch_in_epoch, self.tokens_seen = 0, 0, 0
