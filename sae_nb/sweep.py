@@ -4,16 +4,18 @@
 
 # %% ../nbs/05a_sweep.ipynb #820309b4
 from __future__ import annotations
-import math, time
+import math, os, time
 from dataclasses import replace
+from pathlib import Path
 from typing import Union
 
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 from .config import SAEConfig
 from .data import ActivationSource, InMemoryActivations, Batch
-from .trainer import SAETrainer, hold_out_eval, check_source
+from .trainer import SAETrainer, SAELoss, hold_out_eval, check_source
 
 # %% auto #0
 __all__ = ['ABC_CONFIGS', 'Table', 'SweepResults', 'train_sweep', 'DataParallel', 'DistributedSlice', 'init_distributed',
@@ -120,25 +122,43 @@ class DataParallel:
                                "with torchrun and call init_distributed().")
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
 
-    def sync_grads(self, sae):
-        "Average the gradients across processes (one flat all-reduce)."
-        grads = [p.grad for p in sae.parameters() if p.grad is not None]
-        flat = torch.cat([g.flatten() for g in grads])
-        dist.all_reduce(flat); flat /= self.world_size
-        for g, part in zip(grads, flat.split([g.numel() for g in grads])): g.copy_(part.view_as(g))
+    def wrap(self, sae) -> DistributedDataParallel:
+        "The SAE's forward and loss (`SAELoss`) in `DistributedDataParallel`, which averages gradients in backward."
+        # a probe fits only labelled batches: its parameters may get no gradient, which DDP must be told to expect
+        return DistributedDataParallel(SAELoss(sae), broadcast_buffers=False,
+                                       find_unused_parameters=sae.probe is not None)
 
-    def batch_variance(self, x:torch.Tensor) -> torch.Tensor:
-        "σ² of the global batch (the unit of the loss terms), from every process's rows: one small all-reduce."
-        stats = torch.cat([x.new_tensor([len(x)]), x.sum(0), x.pow(2).sum().view(1)])
+    def global_stats(self, x:torch.Tensor # [batch, input_dim] this process's rows
+                    ) -> tuple:
+        "σ² of the global batch (the unit of the loss terms) and this process's share of its tokens: one all-reduce."
+        xd = x.double()  # sums of squares over many tokens: float64 keeps the variance from cancelling
+        stats = torch.cat([xd.new_tensor([len(x)]), xd.sum(0), xd.pow(2).sum().view(1)])
         dist.all_reduce(stats)
         n, total, squares = stats[0], stats[1:-1], stats[-1]
-        return ((squares - total.pow(2).sum() / n) / n).clamp(min=1e-12)
+        variance = ((squares - total.pow(2).sum() / n) / n).clamp(min=1e-12)
+        return variance.to(x.dtype), (len(x) * self.world_size / n).to(x.dtype)
 
-    def reduce_fired(self, fired:torch.Tensor, n_tokens:int):
-        "Fired on any process, over the tokens of all processes."
-        f = fired.to(torch.int32); dist.all_reduce(f, op=dist.ReduceOp.MAX)
-        n = torch.tensor([n_tokens], device=fired.device); dist.all_reduce(n)
-        return f.bool(), int(n.item())
+    def reduce_fired(self, fired:torch.Tensor, # [latent_dim] bool: fired on this process's rows
+                     n_tokens:int) -> tuple:
+        "Fired on any process, and the tokens of all processes: one all-reduce."
+        counts = torch.cat([fired.long(), fired.new_tensor([n_tokens], dtype=torch.long)])
+        dist.all_reduce(counts)
+        return counts[:-1] > 0, int(counts[-1])
+
+    def average_buffers(self, sae):
+        "Average the running statistics each process keeps from its own tokens (BatchTopK's threshold)."
+        # the input scale is set once from data and broadcast: averaging equal values could only round it
+        running = [b for name, b in sae.named_buffers() if name != 'input_scale' and b.is_floating_point()]
+        if not running: return
+        flat = torch.cat([b.flatten() for b in running])
+        dist.all_reduce(flat); flat /= self.world_size
+        for b, part in zip(running, flat.split([b.numel() for b in running])): b.copy_(part.view_as(b))
+
+    def gather(self, batch:Batch) -> Batch:
+        "The global batch on every process: every process's rows, in rank order."
+        parts = [None] * self.world_size
+        dist.all_gather_object(parts, batch.to('cpu'))
+        return Batch.cat(parts).to(batch.acts.device)
 
     def broadcast(self, sae):
         "Make every process's parameters and buffers those of process 0."
@@ -150,6 +170,8 @@ class DataParallel:
 class DistributedSlice(ActivationSource):
     "Wraps a source so each process gets its own slice of every global batch."
     def __init__(self, source:ActivationSource, rank:int, world_size:int):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank={rank} is not one of the {world_size} processes: give 0 <= rank < world_size.")
         self.source, self.rank, self.world_size = source, rank, world_size
         self.batch_size, self.epochs, self.token_limit = source.batch_size, source.epochs, source.token_limit
         self.input_dim, self.run_length = getattr(source, 'input_dim', None), source.run_length
@@ -163,18 +185,27 @@ class DistributedSlice(ActivationSource):
     def state_dict(self): return self.source.state_dict()
     def load_state_dict(self, state): self.source.load_state_dict(state)
 
+# %% ../nbs/05a_sweep.ipynb #9119165e
 def init_distributed(backend:str=None) -> DataParallel:
     "Join the process group `torchrun` set up (NCCL on GPUs, gloo on CPU) and return the `DataParallel` helper."
     if not dist.is_initialized():
         dist.init_process_group(backend or ('nccl' if torch.cuda.is_available() else 'gloo'))
-    if torch.cuda.is_available(): torch.cuda.set_device(dist.get_rank() % torch.cuda.device_count())
+    if torch.cuda.is_available():  # torchrun numbers the processes of each machine in LOCAL_RANK
+        torch.cuda.set_device(int(os.environ.get('LOCAL_RANK', dist.get_rank())) % torch.cuda.device_count())
     return DataParallel()
 
-def train_distributed(config:SAEConfig, data, progress:bool=True) -> SAETrainer:
+def train_distributed(config:SAEConfig, data, # a [tokens, input_dim] tensor or an `ActivationSource`: the same on
+                                             # every process (each reads its own slice)
+                      progress:bool=True,
+                      resume_from:Union[str, Path, None]=None, # a checkpoint, saved by any number of processes
+                     ) -> SAETrainer:
     "Train one SAE across the processes of a `torchrun` launch; every process returns the same trained SAE."
     par = init_distributed()
     if torch.cuda.is_available() and config.device in ('auto', 'cuda'):
         config = replace(config, device=f'cuda:{torch.cuda.current_device()}')
     source = data if isinstance(data, ActivationSource) else InMemoryActivations(
         data, batch_size=config.batch_size, epochs=config.max_epochs, seed=config.seed, run_length=config.run_length)
-    return SAETrainer(config, progress=progress, parallel=par).train(DistributedSlice(source, par.rank, par.world_size))
+    trainer = SAETrainer(config, progress=progress, parallel=par)
+    trainer.train(DistributedSlice(source, par.rank, par.world_size), resume_from=resume_from)
+    dist.barrier()  # process 0's last checkpoint is on disk before any process goes on
+    return trainer

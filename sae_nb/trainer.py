@@ -22,10 +22,10 @@ from .data import ActivationSource, InMemoryActivations, Batch, Captured, as_bat
 
 # %% auto #0
 __all__ = ['CORE_METRICS', 'ARCHITECTURE_FIELDS', 'BENCH_SCRIPT', 'lr_factor', 'TrainingMetrics', 'TrainingState',
-           'update_dead_counters', 'fired_latents', 'resample_dead_latents', 'train_step', 'target_of', 'Callback',
-           'ProgressCallback', 'WandbCallback', 'checkpoint_name', 'list_checkpoints', 'latest_checkpoint',
-           'save_checkpoint', 'load_checkpoint', 'CheckpointCallback', 'SAETrainer', 'check_source', 'hold_out_eval',
-           'latent_change', 'train_sae', 'benchmark_training']
+           'update_dead_counters', 'fired_latents', 'resample_dead_latents', 'sae_loss', 'SAELoss', 'train_step',
+           'target_of', 'Callback', 'ProgressCallback', 'WandbCallback', 'checkpoint_name', 'list_checkpoints',
+           'latest_checkpoint', 'save_checkpoint', 'load_checkpoint', 'CheckpointCallback', 'SAETrainer',
+           'check_source', 'hold_out_eval', 'latent_change', 'train_sae', 'benchmark_training']
 
 # %% ../nbs/05_trainer.ipynb #2771bbbd
 def lr_factor(step:int, # 0-based step
@@ -135,30 +135,45 @@ def _restart_own_latents(sae, optimizer, dead):
             if torch.is_tensor(moment) and moment.dim(): moment[dead] = 0.0
 
 # %% ../nbs/05_trainer.ipynb #908e97ba
+def sae_loss(sae, batch:Batch, dead_mask:Optional[torch.Tensor], # [latent_dim] bool, or None
+             global_stats:Optional[Callable]=None, # x -> (σ² of the global batch, this process's share of its tokens)
+            ) -> tuple:
+    "The forward output, the loss terms, their total, and what to back-propagate (with the probe's own fit)."
+    fit_probe = sae.probe is not None and batch.labels is not None
+    out = sae(batch.acts)
+    h = out.h if sae.needs_dense_latents() or fit_probe else None  # top-k losses alone never read the dense latents
+    # what the output should be (the input itself, or a transcoder's target), in the SAE's own scale, as the losses
+    x, x_hat = sae.scale_input(target_of(sae, batch)), sae.scale_input(out.x_hat.float())
+    variance, share = global_stats(x.detach().float()) if global_stats else (None, None)
+    terms = sae.loss_terms(x, x_hat, h, pre_acts=out.pre_acts, dead_mask=dead_mask, labels=batch.labels,
+                           sequence_ids=batch.sequence_ids, positions=batch.positions, variance=variance, out=out)
+    total = sum(w * v for w, v in terms.values())
+    # the probe learns to read the latents at every probe_loss_coeff; only its term above moves the SAE
+    backward = total + probe_loss(h.detach(), batch.labels, sae.probe) if fit_probe else total
+    # data-parallel: gradients are averaged over processes, so each weighs its loss by its share of the tokens
+    return out, terms, total, backward if share is None else backward * share
+
+class SAELoss(torch.nn.Module):
+    "`sae_loss` as a module: what `DistributedDataParallel` wraps, so every parameter is used inside its forward."
+    def __init__(self, sae): super().__init__(); self.sae = sae
+    def forward(self, batch:Batch, dead_mask=None, global_stats=None) -> tuple:
+        return sae_loss(self.sae, batch, dead_mask, global_stats)
+
 def train_step(sae, optimizer, batch, # a `Batch` (or a [batch, input_dim] tensor)
                dead_mask:Optional[torch.Tensor], # [latent_dim] bool, or None
                autocast=nullcontext, # a context manager for mixed precision
                scaler=None, # a `torch.amp.GradScaler` for float16
-               sync_grads:Optional[Callable]=None, # averages gradients across data-parallel processes
-               global_variance:Optional[Callable]=None, # x -> σ² of the global batch, across data-parallel processes
+               loss_module=None, # an `SAELoss` of `sae` wrapped in `DistributedDataParallel` (05a_sweep), or None
+               global_stats:Optional[Callable]=None, # x -> (global σ², share of the tokens), across processes
               ):
     "One optimisation step; returns the forward output, the loss terms and the total loss."
     b = as_batch(batch)
-    fit_probe = sae.probe is not None and b.labels is not None
     with autocast():
-        out = sae(b.acts)
-        h = out.h if sae.needs_dense_latents() or fit_probe else None  # top-k losses alone never read the dense latents
-        # what the output should be (the input itself, or a transcoder's target), in the SAE's own scale, as the losses
-        x, x_hat = sae.scale_input(target_of(sae, b)), sae.scale_input(out.x_hat.float())
-        terms = sae.loss_terms(x, x_hat, h, pre_acts=out.pre_acts, dead_mask=dead_mask, labels=b.labels,
-                               sequence_ids=b.sequence_ids, positions=b.positions,
-                               variance=global_variance(x.detach().float()) if global_variance else None, out=out)
-        total = sum(w * v for w, v in terms.values())
-        # the probe learns to read the latents at every probe_loss_coeff; only its term above moves the SAE
-        backward = total + probe_loss(h.detach(), b.labels, sae.probe) if fit_probe else total
+        out, terms, total, backward = (loss_module(b, dead_mask, global_stats) if loss_module is not None
+                                       else sae_loss(sae, b, dead_mask, global_stats))
     optimizer.zero_grad(set_to_none=True)
+    # data-parallel: the backward pass also averages the gradients across processes, so what edits them comes after
     (scaler.scale(backward) if scaler else backward).backward()
-    if sync_grads: sync_grads(sae)
     if scaler: scaler.unscale_(optimizer)
     if not sae.variant.transcodes: sae.remove_parallel_grads()  # a transcoder's atoms are free in norm (below)
     if sae.cfg.grad_clip:  # the probe's own fit aside
@@ -333,6 +348,7 @@ class SAETrainer:
         self.optimizer = torch.optim.Adam(self.sae.parameters(), lr=config.learning_rate, fused=True)
         self.scaler = torch.amp.GradScaler('cuda') if config.use_amp and config.amp_dtype == 'float16' else None
         self.state, self.parallel, self.total_steps, self.last_checkpoint = TrainingState(), parallel, None, None
+        self.loss_module = parallel.wrap(self.sae) if parallel else None  # the SAE's loss in DistributedDataParallel
         main = parallel is None or parallel.rank == 0  # only one process shows progress, logs and saves
         # wandb first: its start takes seconds and may warn, which belongs before the progress bar, not inside it
         self.callbacks = ([WandbCallback()] if config.wandb_project and main else []) \
@@ -507,6 +523,7 @@ def begin(self:SAETrainer, source, first, # its first batch (None when resuming)
     if s.step == 0:
         if first is None: raise ValueError("The data is empty: there is nothing to train on.")
         first = as_batch(first)
+        if self.parallel: first = self.parallel.gather(first)  # data-parallel: initialise from the global batch
         _check_batch(first, cfg, 0)
         if cfg.normalize_activations != 'none': self.sae.set_input_scale(activation_scale(first.acts))  # estimated once
         self.sae.init_b_dec(target_of(self.sae, first).to(self.device))  # b_dec is the output's bias
@@ -540,12 +557,14 @@ def step(self:SAETrainer, batch # a `Batch` or a [batch, input_dim] tensor, on t
     dead_mask = s.tokens_since_fired >= cfg.dead_feature_window if s.any_dead else None
     par = self.parallel
     out, terms, total = train_step(self.sae, self.optimizer, batch, dead_mask, self._autocast, self.scaler,
-                                   par.sync_grads if par else None, par.batch_variance if par else None)
-    s.step, s.tokens_seen, self._steps_since_log = s.step + 1, s.tokens_seen + len(x), self._steps_since_log + 1
+                                   self.loss_module, par.global_stats if par else None)
     fired, n = fired_latents(out, cfg.latent_dim), len(x)
-    if self.parallel: fired, n = self.parallel.reduce_fired(fired, n)  # a latent fired if it fired on any process
+    if par:
+        fired, n = par.reduce_fired(fired, n)  # a latent fired if it fired on any process; n: the global batch
+        par.average_buffers(self.sae)  # running statistics (BatchTopK's threshold) over every process's tokens
+    s.step, s.tokens_seen, self._steps_since_log = s.step + 1, s.tokens_seen + n, self._steps_since_log + 1
     s.tokens_since_fired = update_dead_counters(s.tokens_since_fired, fired, n)
-    if s.step % max(1, min(cfg.log_every, cfg.dead_feature_window // len(x))) == 0:  # the one sync for dead latents
+    if s.step % max(1, min(cfg.log_every, cfg.dead_feature_window // n)) == 0:  # the one sync for dead latents
         s.any_dead = bool((s.tokens_since_fired >= cfg.dead_feature_window).any())
     if s.step % cfg.normalize_decoder_every == 0 and not self.sae.variant.transcodes: self.sae.normalize_decoder()
     if cfg.resample_dead_every and s.step % cfg.resample_dead_every == 0: self._resample(batch, out)
@@ -559,10 +578,11 @@ def step(self:SAETrainer, batch # a `Batch` or a [batch, input_dim] tensor, on t
 def _resample(self:SAETrainer, batch, out):
     dead = self.state.tokens_since_fired >= self.cfg.dead_feature_window
     gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + self.state.step)  # stateless: same after a resume
-    sc = self.sae.scale_input  # in the SAE's own scale, as b_dec is
+    sc, x_hat = self.sae.scale_input, out.x_hat.detach()  # in the SAE's own scale, as b_dec is
+    if self.parallel and dead.any():  # data-parallel: every process picks from the global batch, as one process would
+        batch, x_hat = self.parallel.gather(batch), self.parallel.gather(Batch(x_hat)).acts
     inputs = sc(batch.acts) if batch.target is not None else None
-    if resample_dead_latents(self.sae, self.optimizer, sc(target_of(self.sae, batch)), sc(out.x_hat.detach()), dead,
-                             gen, inputs):
+    if resample_dead_latents(self.sae, self.optimizer, sc(target_of(self.sae, batch)), sc(x_hat), dead, gen, inputs):
         self.state.tokens_since_fired[dead] = 0
         self.state.any_dead = False
         if self.parallel: self.parallel.broadcast(self.sae)
