@@ -651,7 +651,7 @@ class ActivationSource:
                  epochs:int=1, # passes over the data
                  seed:int=0, # seed of the shuffling and of the held-out pick
                  token_limit:Optional[int]=None, # stop after this many tokens (None: no limit)
-                 buffer_tokens:int=262_144, # tokens the shuffle mixes: memory holds at most this plus one chunk
+                 buffer_tokens:int=262_144, # tokens the shuffle mixes: it holds at most this plus one chunk of rows
                  run_length:int=1, # consecutive tokens of a text the shuffle keeps together (≥ 2: temporal smoothness)
                 ):
         if batch_size < 1: raise ValueError(f"batch_size={batch_size} must be at least 1.")
