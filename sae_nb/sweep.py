@@ -4,7 +4,7 @@
 
 # %% ../nbs/05a_sweep.ipynb #820309b4
 from __future__ import annotations
-import math, os, time
+import inspect, math, os, time
 from dataclasses import replace
 from pathlib import Path
 from typing import Union
@@ -124,9 +124,11 @@ class DataParallel:
 
     def wrap(self, sae) -> DistributedDataParallel:
         "The SAE's forward and loss (`SAELoss`) in `DistributedDataParallel`, which averages gradients in backward."
+        # no buffer broadcast at each forward (see above); torch 2.13 renamed broadcast_buffers forward_sync_buffers
+        named = inspect.signature(DistributedDataParallel).parameters
+        no_sync = {'forward_sync_buffers' if 'forward_sync_buffers' in named else 'broadcast_buffers': False}
         # a probe fits only labelled batches: its parameters may get no gradient, which DDP must be told to expect
-        return DistributedDataParallel(SAELoss(sae), broadcast_buffers=False,
-                                       find_unused_parameters=sae.probe is not None)
+        return DistributedDataParallel(SAELoss(sae), find_unused_parameters=sae.probe is not None, **no_sync)
 
     def global_stats(self, x:torch.Tensor # [batch, input_dim] this process's rows
                     ) -> tuple:
