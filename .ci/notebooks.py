@@ -116,6 +116,10 @@ def main(argv=None):
     from multiprocessing import get_context
     from nbdev.config import get_config
     skip = set(get_config().tst_flags.split()) - set(args.flags.split())
+    # Triton's interpreter (02a_kernels' checks without a GPU) must be chosen before anything imports Triton, and a
+    # worker runs several notebooks: one that imports it first (transformers may) would leave 02a without it
+    import torch
+    if not torch.cuda.is_available(): os.environ.setdefault('TRITON_INTERPRET', '1')
     files = _notebooks(args.paths)
     with ProcessPoolExecutor(max(1, min(args.n_workers, len(files))), mp_context=get_context('fork')) as pool:
         # by module name: IPython replaces __main__ in a worker once it has run a notebook

@@ -342,13 +342,16 @@ class JumpReLUSettings:
     "The JumpReLU variant's own settings."
     l0_coeff:float = 1.0 # weight of the penalty 2/k·(L0 − k)² that steers the batch's mean L0 to k (0: off)
     bandwidth:float = 0.05 # kernel width ε, in units of each latent's pre-activation spread over the batch
-    threshold_rate:float = 8.0 # Adam moves log θ this many times as fast as the other parameters
+    threshold_rate:float = 8.0 # Adam moves log θ this many times as fast as the other parameters (a power of two)
     def __post_init__(self):
         if not isinstance(self.l0_coeff, (int, float)) or self.l0_coeff < 0:
             raise ValueError(f"l0_coeff={self.l0_coeff!r} must be a number ≥ 0.")
         for name in ('bandwidth', 'threshold_rate'):
             if not isinstance(getattr(self, name), (int, float)) or getattr(self, name) <= 0:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be a number > 0.")
+        if not math.log2(self.threshold_rate).is_integer():  # files hold log θ = rate × the parameter: exact only so
+            raise ValueError(f"threshold_rate={self.threshold_rate!r} must be a power of two (1, 2, 4, 8, 16, ...), "
+                             "so that saving and loading the thresholds is exact.")
 
 def _jumprelu_settings(sae) -> JumpReLUSettings:
     "Its settings; the defaults when another variant (a transcoder) borrows its activation."
@@ -384,7 +387,9 @@ def _jumprelu_data_init(sae, x): # x: [n, input_dim] scaled inputs, b_dec alread
     "Each latent's threshold where it fires on a share k/latent_dim of the tokens of `x` (on at least one)."
     pre = _pre_acts(sae, x).float()
     n = min(len(pre), max(1, round(len(pre) * sae.cfg.k / sae.cfg.latent_dim)))
-    theta = pre.topk(n, dim=0).values[-1]
+    top = pre.topk(min(n + 1, len(pre)), dim=0).values
+    # halfway between the n-th and the (n+1)-th largest: exactly n values lie above it (firing is pre > θ)
+    theta = (top[n - 1] + top[n]) / 2 if n < len(pre) else top[n - 1] - top[n - 1].abs().clamp(min=1e-6) * 1e-3
     set_jumprelu_threshold(sae, theta.clamp(min=1e-3 * float(pre.std())).to(sae.scaled_log_threshold))
 
 # %% ../nbs/02_architecture.ipynb #40a0e98c
@@ -717,7 +722,7 @@ def load(cls:SparseAutoencoder, path:str|Path, # a folder written by `save`
          device=None) -> SparseAutoencoder:
     "Load an SAE saved with `save`."
     path = Path(path)
-    sae = cls(SAEConfig.load(path/'cfg.json'), device='cpu')
+    sae = cls(SAEConfig.load(path/'cfg.json', drop_retired=True), device='cpu')
     _load_state(sae, _read_safetensors(path/'sae.safetensors'), path/'sae.safetensors')
     return sae.to(pick_device(device or sae.cfg.device))
 

@@ -262,9 +262,13 @@ RETIRED = {  # settings older files hold that no longer exist; each only shaped 
     'jumprelu_bandwidth': "jumprelu's bandwidth is relative to the pre-activations: variant_settings bandwidth",
 } # name -> what replaced it
 
-def _from_dict(cls, d:dict, source:str='the dict') -> SAEConfig:
+def _from_dict(cls, d:dict, source:str='the dict', drop_retired:bool=False) -> SAEConfig:
     if not isinstance(d, dict):
         raise ConfigError(f"{source} must hold a JSON object of settings, not {type(d).__name__}.")
+    retired = [k for k in d if k in RETIRED]
+    if retired and not drop_retired:
+        raise ConfigError(f"{source} has setting(s) that no longer exist: "
+                          + '; '.join(f"{k} ({RETIRED[k]})" for k in retired) + ". Remove them.")
     d = {k: v for k, v in d.items() if k not in RETIRED}  # a saved SAE's thresholds are in its weights
     names = [f.name for f in fields(cls)]
     unknown = [k for k in d if k not in names]
@@ -282,9 +286,11 @@ def to_dict(self:SAEConfig) -> dict:
     return asdict(self)
 
 @patch(cls_method=True)
-def from_dict(cls:SAEConfig, d:dict) -> SAEConfig:
+def from_dict(cls:SAEConfig, d:dict,
+              drop_retired:bool=False # drop settings that no longer exist (`RETIRED`), as in a saved SAE's config
+             ) -> SAEConfig:
     "A config from a dict of settings; unknown keys are an error."
-    return _from_dict(cls, d)
+    return _from_dict(cls, d, drop_retired=drop_retired)
 
 @patch
 def save(self:SAEConfig, path:str|Path):
@@ -292,7 +298,9 @@ def save(self:SAEConfig, path:str|Path):
     atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + '\n')
 
 @patch(cls_method=True)
-def load(cls:SAEConfig, path:str|Path) -> SAEConfig:
+def load(cls:SAEConfig, path:str|Path,
+         drop_retired:bool=False # drop settings that no longer exist (`RETIRED`), as in a saved SAE's config
+        ) -> SAEConfig:
     "Read a config saved with `save`."
     path = Path(path)
     if not path.is_file():
@@ -300,7 +308,7 @@ def load(cls:SAEConfig, path:str|Path) -> SAEConfig:
     try: d = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path} is not valid JSON ({e}). Fix or re-create it with SAEConfig.save.") from None
-    return _from_dict(cls, d, source=str(path))
+    return _from_dict(cls, d, source=str(path), drop_retired=drop_retired)
 
 # %% ../nbs/01_config.ipynb #ad884b93
 PRESETS = {

@@ -47,8 +47,14 @@ def _build(activation:str, tensors:dict, source, k:int=32, settings:Optional[dic
 # %% ../nbs/02b_formats.ipynb #749b2d36
 def saelens_architectures() -> dict:
     "Each SAELens architecture sae_nb reads, and the registered variant it is read as (from each `SAELensLayout`)."
-    return {arch: name for name, v in VARIANTS.items() if 'saelens' in v.formats
-            for arch in v.formats['saelens'].read_names()}
+    found = {}
+    for name, v in VARIANTS.items():
+        for arch in (v.formats['saelens'].read_names() if 'saelens' in v.formats else ()):
+            if arch in found:  # which one a file means would depend on the order of registration
+                raise ConfigError(f"Variants {found[arch]!r} and {name!r} both read SAELens' {arch!r} architecture. "
+                                  f"Give one of them SAELensLayout(..., reads=()) to write it only.")
+            found[arch] = name
+    return found
 
 def _saelens_layout(arch:str) -> SAELensLayout:
     return VARIANTS[saelens_architectures()[arch]].formats['saelens']
@@ -183,7 +189,8 @@ def load_saelens(cls:SparseAutoencoder, path:str|Path, # a folder with SAELens' 
     _check_saelens_fields(lens, source, ignore_fields)
     tensors, own = _saelens_tensors(lens, _read_safetensors(path/'sae_weights.safetensors'), path, source)
     settings = {**(lens.get('sae_nb_config') or {}), **own}
-    k = lens.get('k') or min(100, int(lens['d_sae']))  # SAELens' own default, within the width (unused but for top-k)
+    # SAELens' k, else ours (a jumprelu SAE's target L0), else SAELens' default within the width (unused but for top-k)
+    k = lens.get('k') or settings.get('k') or min(100, int(lens['d_sae']))
     sae = _build(saelens_architectures()[lens['architecture']], tensors, source, k=k, settings=settings)
     sae.metadata = {'format': 'saelens', **(lens.get('metadata') or {}),
                     **{n: lens[n] for n in ('model_name', 'hook_name') if n in lens}}
@@ -226,8 +233,11 @@ _SPARSIFY_FIELDS = {'d_in', 'activation', 'expansion_factor', 'normalize_decoder
 
 def _sparsify_variant(transcode:bool, skip_connection:bool) -> Optional[str]:
     "The registered variant whose `SparsifyLayout` has these flags (None: none has)."
-    return next((name for name, v in VARIANTS.items() if (layout := v.formats.get('sparsify'))
-                 and (layout.transcode, layout.skip_connection) == (transcode, skip_connection)), None)
+    names = [name for name, v in VARIANTS.items() if (layout := v.formats.get('sparsify'))
+             and (layout.transcode, layout.skip_connection) == (transcode, skip_connection)]
+    if len(names) > 1: raise ConfigError(f"Variants {', '.join(map(repr, names))} all read sparsify's layout with "
+                                         f"transcode={transcode}, skip_connection={skip_connection}; keep one.")
+    return names[0] if names else None
 
 def _read_sparsify(path:Path, ignore_fields=()) -> SparseAutoencoder:
     source = path/'cfg.json'

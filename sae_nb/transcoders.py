@@ -51,6 +51,9 @@ def _needs_latents(sae, latents:str, library:str, fix:str):
 
 def _transcoder_to_saelens(sae, t):
     _needs_latents(sae, 'relu', 'SAELens', "Save it with save_sparsify() (top-k latents) or sae.save()")
+    if not sae.cfg.use_relu:
+        raise UnsupportedFormat(f"{sae.cfg.activation} with use_relu=False: a linear encoder has no SAELens "
+                                "architecture. Save it with sae.save()")
     if sae.variant.skip: t['W_skip'] = sae.W_skip.detach().float().cpu().contiguous()
     return dict(d_out=sae.cfg.input_dim, apply_b_dec_to_input=False)
 
