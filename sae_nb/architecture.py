@@ -536,7 +536,8 @@ def geometric_median(x:torch.Tensor, # [n, d] points
 # %% ../nbs/02_architecture.ipynb #68ebce39
 @patch
 @torch.no_grad()
-def init_b_dec(self:SparseAutoencoder, x:torch.Tensor # [n, input_dim] a sample of the training activations
+def init_b_dec(self:SparseAutoencoder, x:torch.Tensor, # [n, input_dim] a sample of what the SAE reconstructs
+               inputs:Optional[torch.Tensor]=None, # [n, input_dim] what it reads, when that differs (a transcoder)
               ):
     "Set the decoder bias from a data sample, as `cfg.b_dec_init` says, then what the variant sets from data."
     _check_width(self, x)
@@ -544,7 +545,7 @@ def init_b_dec(self:SparseAutoencoder, x:torch.Tensor # [n, input_dim] a sample 
     centre = (geometric_median(x.float()) if how == 'geometric_median' else x.float().mean(0) if how == 'mean'
               else torch.zeros(x.shape[-1]))
     self.b_dec.copy_(centre.to(self.b_dec))
-    if self.variant.data_init: self.variant.data_init(self, x)
+    if self.variant.data_init: self.variant.data_init(self, x if inputs is None else self.scale_input(inputs))
     return self
 
 # %% ../nbs/02_architecture.ipynb #f3550107

@@ -119,16 +119,20 @@ def resample_dead_latents(sae, optimizer, x:torch.Tensor, x_hat:torch.Tensor, de
             if torch.is_tensor(moment) and moment.dim(): moment[rows] = 0.0
     for moment in optimizer.state.get(sae.W_enc, {}).values():
         if torch.is_tensor(moment) and moment.dim(): moment[:, dead] = 0.0
-    _restart_own_latents(sae, optimizer, dead)
+    _restart_own_latents(sae, optimizer, dead, x if inputs is None else inputs)
     return len(dead)
 
-def _restart_own_latents(sae, optimizer, dead):
+def _restart_own_latents(sae, optimizer, dead, x): # x: [n, input_dim] the encoder's inputs, in the SAE's scale
     "A variant's own per-latent parameters (gated's r_mag and b_mag, jumprelu's thresholds) restart as a new SAE's."
     core = ('W_enc', 'b_enc', 'W_dec', 'b_dec', 'W_skip')
     own = [(n, p) for n, p in sae.named_parameters()
            if n not in core and not n.startswith('probe.') and p.shape[:1] == (sae.cfg.latent_dim,)]
     if not own: return
-    fresh = dict(type(sae)(sae.cfg, device='cpu').named_parameters())
+    fresh = type(sae)(sae.cfg, device='cpu')
+    if sae.variant.data_init:  # set from data, as a new SAE's are (jumprelu's thresholds), with the revived encoder
+        fresh.load_state_dict({k: v.detach().cpu() for k, v in sae.state_dict().items()})
+        sae.variant.data_init(fresh, x.detach().float().cpu())
+    fresh = dict(fresh.named_parameters())
     for name, p in own:
         p[dead] = fresh[name].detach()[dead.cpu()].to(p)
         for moment in optimizer.state.get(p, {}).values():
@@ -526,7 +530,8 @@ def begin(self:SAETrainer, source, first, # its first batch (None when resuming)
         if self.parallel: first = self.parallel.gather(first)  # data-parallel: initialise from the global batch
         _check_batch(first, cfg, 0)
         if cfg.normalize_activations != 'none': self.sae.set_input_scale(activation_scale(first.acts))  # estimated once
-        self.sae.init_b_dec(target_of(self.sae, first).to(self.device))  # b_dec is the output's bias
+        inputs = first.acts.to(self.device) if first.target is not None else None  # what a variant's data init reads
+        self.sae.init_b_dec(target_of(self.sae, first).to(self.device), inputs=inputs)  # b_dec is the output's bias
         if self.parallel: self.parallel.broadcast(self.sae)
         s.tokens_since_fired = torch.zeros(cfg.latent_dim, dtype=torch.long, device=self.device)
         if eval_data is not None:

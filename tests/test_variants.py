@@ -120,3 +120,20 @@ def test_it_maps_to_saelens_through_its_own_layout(tmp_path):
         with pytest.raises(UnsupportedFormat, match="no_layout: SAELens has no such architecture"):
             plain.save_saelens(tmp_path/'none')
     finally: del VARIANTS['no_layout']
+
+def test_resampling_sets_a_revived_jumprelu_threshold_from_data():
+    """A revived JumpReLU latent gets a threshold set from the batch, as a new SAE's are: it fires on about k/latent_dim
+    of the tokens, not on most of them (the placeholder threshold of an SAE before its data init)."""
+    from sae_nb.trainer import resample_dead_latents
+    data = synthetic_activations(n_tokens=4096, input_dim=16, n_features=48, mean_active=3, seed=2)
+    sae = SparseAutoencoder(SAEConfig(input_dim=16, expansion_factor=4, activation='jumprelu', k=4), device='cpu')
+    sae.init_b_dec(data.x[:2048])
+    live_before = sae.state_dict()['log_threshold'][5:].clone()
+    optimizer = torch.optim.Adam(sae.parameters())
+    dead = torch.zeros(64, dtype=torch.bool); dead[:5] = True
+    x = data.x[:2048]
+    with torch.no_grad(): x_hat = sae(x).x_hat
+    assert resample_dead_latents(sae, optimizer, x, x_hat, dead, torch.Generator().manual_seed(0)) == 5
+    with torch.no_grad(): share = (sae.encode(x)[:, :5] > 0).float().mean(0)
+    assert torch.allclose(share, torch.full((5,), 4 / 64), atol=0.01), share  # each revived latent: k/latent_dim
+    assert torch.equal(sae.state_dict()['log_threshold'][5:], live_before)  # the live latents keep theirs
