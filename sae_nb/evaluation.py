@@ -124,7 +124,8 @@ def downstream(sae, model, tokenizer, texts:list, layer, max_length:int=128, out
     batch = {k: v.to(device) for k, v in enc.items()}
     mask = batch['attention_mask'].bool()
     captured = {}
-    def grab(a, inputs=None): captured['acts'] = a; return a
+    def grab(a, inputs=None):  # outliers are picked by what the SAE reads, as capture picks them
+        captured['acts'] = a if inputs is None else inputs; return a
     with splice(model, layer, grab, input_layer): clean, causal = _lm_outputs(model, batch)
     clean = clean.float()
     keep = mask & (_not_outliers(captured['acts'], mask, outlier_norm_ratio).to(device) if outlier_norm_ratio else mask)
@@ -284,6 +285,16 @@ def _report_text(report:EvalReport) -> str:
         elif v is not None: rows.append(f"  {k}: {v:.6g}" if isinstance(v, float) else f"  {k}: {v}")
     return 'SAE evaluation\n' + '\n'.join(rows)
 
+def _stored_pairs(store, run_id:str, reads, target, max_tokens:int) -> Batch:
+    "A transcoder's (input, target) rows from a stored run, read shard by shard until `max_tokens`."
+    parts, n = [], 0
+    for i in range(len(store.meta(run_id)['shards'])):
+        a, t = (store.load_shard(run_id, i, layer)['activations'] for layer in (reads, target))
+        parts.append(Batch(a.reshape(-1, a.shape[-1]), target=t.reshape(-1, t.shape[-1])))
+        n += len(parts[-1])
+        if n >= max_tokens: break
+    return Batch.cat(parts)[:max_tokens]
+
 def sae_eval(sae:str='sae_out/sae', # an SAE `from_pretrained` reads: sae_train's sae_out/sae, SAELens, sparsify, a .pt
              shard_dir:str=None, # evaluate on this stored run (store/activations/<run_id>)
              model:str=None, # or capture from this model (built-in name, folder or hub name); enables splicing metrics
@@ -310,7 +321,7 @@ def sae_eval(sae:str='sae_out/sae', # an SAE `from_pretrained` reads: sae_train'
     if shard_dir:
         run = Path(shard_dir); st = ActivationStore(run.parent.parent)
         data = ((st, run.name) if target is None else
-                Batch(st.load_run(run.name, reads), target=st.load_run(run.name, target)))
+                _stored_pairs(st, run.name, reads, target, max_tokens))
     else:
         cap = collect_activations(m, tok, passages, layer=[reads] + ([target] if target is not None else []),
                                   progress=False, outlier_norm_ratio=outlier_norm_ratio or None)

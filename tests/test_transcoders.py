@@ -148,3 +148,18 @@ def test_the_command_line_trains_one_in_place_of_a_module(tmp_path, tiny):
                                    'transcoder', '--expansion-factor', '2', '--k', '4', '--batch-size', '512',
                                    '--max-epochs', '1', '--out', str(tmp_path/'again'), '--quiet', '--no-wandb']) == 0
     assert run_command(sae_train, argv[:4] + ['--target-layer', '2', '--out', str(tmp_path/'bad'), '--quiet']) == 2
+
+
+def test_stored_pairs_are_read_shard_by_shard_up_to_max_tokens(tmp_path):
+    "sae_eval reads a transcoder's stored (input, target) rows a shard at a time and stops at max_tokens, aligned."
+    from sae_nb.data import Captured
+    from sae_nb.evaluation import _stored_pairs
+    n = 1000
+    x = torch.randn(n, 8); y = x * 2 + 1  # the target of each row is a function of its input: alignment is checkable
+    cap = Captured({'m:input': x, 'm': y}, torch.zeros(n, dtype=torch.long), torch.arange(n) // 50, torch.arange(n) % 50)
+    st = ActivationStore(tmp_path/'store')
+    run = st.save_run(cap, shard_tokens=128)
+    got = _stored_pairs(st, run, 'm:input', 'm', max_tokens=300)
+    assert len(got) == 300
+    torch.testing.assert_close(got.target, got.acts * 2 + 1)
+    assert len(_stored_pairs(st, run, 'm:input', 'm', max_tokens=10_000)) == n
