@@ -119,16 +119,25 @@ def tiny():
     model, tok = tiny_gpt2()
     return model, tok, load_texts('shakespeare')[:80]
 
-def test_train_sae_modes_capture_the_same_pairs(tmp_path, tiny):
+def test_train_sae_modes_capture_the_same_pairs(tmp_path, tiny, monkeypatch):
+    "Every mode trains on aligned pairs: each batch's target is the MLP applied to that batch's inputs, row by row."
+    import sae_nb.trainer as trainer_module
     model, tok, texts = tiny
+    mlp, real_step, misaligned = model.transformer.h[1].mlp, trainer_module.train_step, []
+    def checked_step(sae, optimizer, batch, *args, **kwargs):
+        with torch.no_grad(): misaligned.append(float((mlp(batch.acts) - batch.target).abs().max()))
+        return real_step(sae, optimizer, batch, *args, **kwargs)
+    monkeypatch.setattr(trainer_module, 'train_step', checked_step)
     cfg = SAEConfig(input_dim=32, expansion_factor=2, k=4, activation='skip_transcoder', batch_size=512, max_epochs=1,
                     warmup_steps=2, log_every=2, eval_every=0, checkpoint_dir=str(tmp_path/'ckpt'), device='cpu')
     seen = {}
     for mode in ('capture', 'memory', 'stream'):
+        misaligned.clear()
         tr = train_sae(model, texts, cfg, layer='transformer.h.1.mlp:input', target_layer='transformer.h.1.mlp',
                        tokenizer=tok, mode=mode, store=tmp_path/'store', progress=False)
         seen[mode] = tr.state.tokens_seen
         assert tr.history['fvu'][-1] < 1.0, mode
+        assert misaligned and max(misaligned) < 1e-4, (mode, max(misaligned, default=None))
     assert len(set(seen.values())) == 1, seen
 
 def test_the_command_line_trains_one_in_place_of_a_module(tmp_path, tiny):
