@@ -615,25 +615,42 @@ def _run_order(n:int, run_length:int, generator:torch.Generator) -> torch.Tensor
     order = (starts[:, None] + torch.arange(run_length)).flatten()
     return order[order < n]
 
+def _put(buf:Batch, at:int, rows:Batch):
+    "Copy `rows` into `buf` from row `at` on."
+    for dst, src in zip(buf._parts(), rows._parts()):
+        if dst is not None: dst[at:at + len(rows)] = src
+
+def _room(buf:Optional[Batch], n:int, chunk:Batch, most:int) -> Batch:
+    "`buf` with room for `chunk` after its first `n` rows: a larger one (doubling, up to `most` rows) if it lacks it."
+    if buf is not None and n + len(chunk) <= len(buf): return buf
+    size = max(n + len(chunk), min(2 * len(buf) if buf is not None else 0, most))
+    grown = Batch(*(None if t is None else t.new_empty((size, *t.shape[1:])) for t in chunk._parts()))
+    if n: _put(grown, 0, buf[:n])
+    return grown
+
 def mix_batches(chunks:Iterable, # `Batch`es (or tensors) of [tokens, width]
                 batch_size:int, buffer_tokens:int, # shuffle within this many tokens
                 generator:torch.Generator,
                 run_length:int=1, # rows kept together, in order, by the shuffle
                ) -> Iterator[Batch]:
     "Batches of `batch_size` rows drawn from `chunks` through a shuffling buffer; every row exactly once."
-    held, n = [], 0
+    full, buf, n, owned = max(buffer_tokens, batch_size), None, 0, False
     for chunk in chunks:
-        held.append(as_batch(chunk)); n += len(chunk)
-        if n >= max(buffer_tokens, batch_size):
-            buf = Batch.cat(held)
-            order = _run_order(len(buf), run_length, generator)  # each batch is gathered once, not the whole buffer
-            give = max(len(buf) // 2 // batch_size, 1) * batch_size
+        chunk = as_batch(chunk)
+        if not n and len(chunk) >= full: buf, owned = chunk, False  # it fills the buffer alone: no copy of it
+        else: buf, owned = _room(buf, n, chunk, full - 1 + len(chunk)), True; _put(buf, n, chunk)
+        n += len(chunk); del chunk  # a shard's pages are released once its rows are in the buffer
+        if n >= full:
+            order = _run_order(n, run_length, generator)  # each batch is gathered once, not the whole buffer
+            give = max(n // 2 // batch_size, 1) * batch_size
             for i in range(0, give, batch_size): yield buf[order[i:i + batch_size]]
-            held, n = [buf[order[give:].sort().values]], len(buf) - give  # the rest keeps its order, runs intact
+            kept = buf[order[give:].sort().values]  # the rest keeps its order, runs intact
+            if owned: _put(buf, 0, kept)  # never written into a chunk: it may be the caller's tensor
+            else: buf, owned = kept, True
+            n = len(kept); del kept
     if n:
-        buf = Batch.cat(held)
-        order = _run_order(len(buf), run_length, generator)
-        for i in range(0, len(buf), batch_size): yield buf[order[i:i + batch_size]]
+        order = _run_order(n, run_length, generator)
+        for i in range(0, n, batch_size): yield buf[order[i:i + batch_size]]
 
 # %% ../nbs/04_data.ipynb #47cb4b6b
 def pick_texts(sequence_ids:torch.Tensor, # [tokens] the text of each row
