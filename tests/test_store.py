@@ -124,3 +124,21 @@ def test_training_from_a_store_resumes_exactly_with_the_same_texts_held_out(tmp_
         seen = torch.cat([b.sequence_ids for b in src])
         assert not torch.isin(seen, held).any() and len(seen) == 2 * (6000 - resumed.state.split['tokens'])
     finally: torch.set_num_threads(threads)
+
+
+def test_capture_writes_each_shard_as_it_fills(tmp_path, monkeypatch):
+    import sae_nb.data as data
+    model, tok = data.load_model('tiny-gpt2')
+    store, real, unwritten, parts = ActivationStore(tmp_path), data.iter_captures, [], []
+    def counted(*args, **kwargs):
+        taken = 0
+        for cap in real(*args, **kwargs):
+            unwritten.append(taken - sum(_rows(f) for f in store.root.rglob('*.safetensors')))  # not yet in a shard
+            taken += len(cap); parts.append(len(cap))
+            yield cap
+    monkeypatch.setattr(data, 'iter_captures', counted)
+    texts = data.load_texts('shakespeare')[:160]
+    run = store.capture(model, tok, texts, layers=1, shard_tokens=1000, text_batch_size=4, progress=False)
+    meta = store.meta(run)
+    assert meta['tokens'] > 10 * 1000 and len(meta['shards']) > 10
+    assert max(unwritten) < 1000 + max(parts)  # one shard and one batch of texts, not the corpus
