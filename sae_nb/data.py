@@ -707,7 +707,7 @@ class ActivationSource:
 
     def _epoch_batches(self, epoch:int) -> Iterator[Batch]:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        chunks = (self._training_rows(c) for c in self._chunks(epoch, g))
+        chunks = map(self._training_rows, self._chunks(epoch, g))  # holds no reference to the chunk before
         return mix_batches(chunks, self.batch_size, self.buffer_tokens, g, self.run_length)
 
     def __iter__(self) -> Iterator[Batch]:
