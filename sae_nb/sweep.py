@@ -4,22 +4,27 @@
 
 # %% ../nbs/05a_sweep.ipynb #820309b4
 from __future__ import annotations
-import inspect, math, os, time
+import inspect, math, os, re, time
 from dataclasses import replace
 from pathlib import Path
-from typing import Union
+from typing import Iterator, Optional, Union
 
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
+from tqdm.auto import tqdm
 
-from .config import SAEConfig
-from .data import ActivationSource, InMemoryActivations, Batch
-from .trainer import SAETrainer, SAELoss, hold_out_eval, check_source
+from .config import SAEConfig, ConfigError
+from .architecture import CheckpointError
+from .data import (ActivationSource, InMemoryActivations, Batch, Captured, ActivationStore,
+                         ActivationShardDataset, StreamingActivations, iter_captures, collect_activations, hook_point,
+                         check_labels, _split_point)
+from .trainer import SAETrainer, SAELoss, hold_out_eval, check_source, list_checkpoints, _chain
 
 # %% auto #0
-__all__ = ['ABC_CONFIGS', 'Table', 'SweepResults', 'train_sweep', 'DataParallel', 'DistributedSlice', 'init_distributed',
-           'train_distributed']
+__all__ = ['ABC_CONFIGS', 'Table', 'SweepResults', 'train_sweep', 'hook_dir', 'check_hook_points', 'split_rows',
+           'SideBySideShards', 'SideBySideStream', 'hook_points_source', 'train_hook_points', 'DataParallel',
+           'DistributedSlice', 'init_distributed', 'train_distributed']
 
 # %% ../nbs/05a_sweep.ipynb #3ff7578e
 def _cell(v) -> str:
@@ -112,6 +117,145 @@ ABC_CONFIGS = {
     'B (6x)': dict(input_dim=768, expansion_factor=6, batch_size=2048, learning_rate=7e-4, k=32),
     'C (8x)': dict(input_dim=768, expansion_factor=8, batch_size=4096, learning_rate=5e-4, k=32),
 } # name -> settings of the seed's A/B/C sweep
+
+# %% ../nbs/05a_sweep.ipynb #1c96852d
+def hook_dir(layer) -> str:
+    "The folder of hook point `layer`'s checkpoints under the run's: `layer_3`, `model.layers.7.mlp`."
+    return f"layer_{layer}" if isinstance(layer, int) else re.sub(r'[^A-Za-z0-9_.-]+', '_', str(layer))
+
+def check_hook_points(model, layers:list, target_layer=None):
+    "Refuse no hook point, a transcoder's target beside several, and two that read the same activations."
+    if target_layer is not None:
+        raise ValueError(f"target_layer={target_layer!r} with a list of hook points: a transcoder reads one; train "
+                         f"each on its own (layer='...:input', target_layer='...').")
+    if not layers: raise ValueError("layer=[]: give at least one hook point.")
+    seen = {}
+    for l in layers:
+        for key in ((id(hook_point(model, l)), _split_point(l)[1]), hook_dir(l)):  # the same module, or folder
+            if key in seen:
+                raise ValueError(f"Hook points {seen[key]!r} and {l!r} are the same one (the same activations or "
+                                 f"checkpoint folder): give each once.")
+            seen[key] = l
+
+def split_rows(batch:Batch, widths:dict) -> dict:
+    "Each hook point's `Batch` from rows of several side by side (`widths`: hook point -> width, in order)."
+    cols = batch.acts.split(list(widths.values()), dim=-1)
+    return {l: Batch(c.contiguous(), batch.sequence_ids, batch.positions, batch.labels) for l, c in zip(widths, cols)}
+
+def _side_by_side(cap:Captured, layers:list) -> Batch:
+    return Batch(torch.cat([cap.acts[l] for l in layers], -1), cap.sequence_ids, cap.positions, cap.labels)
+
+# %% ../nbs/05a_sweep.ipynb #136f5292
+class SideBySideShards(ActivationShardDataset):
+    "Batches of several hook points of a stored run, their rows side by side (`widths` says where each is)."
+    def __init__(self, store:ActivationStore, run_id:str, layers:list, **kwargs):
+        super().__init__(store, run_id, layer=layers[0], **kwargs)
+        self.keys, dims = [store.layer_key(run_id, l) for l in layers], store.meta(run_id)['input_dim']
+        self.widths = {l: dims[k] for l, k in zip(layers, self.keys)}
+        self.input_dim = sum(self.widths.values())
+
+    def _shard(self, i:int) -> Batch:
+        t = [self.store.load_shard(self.run_id, i, k, self.verify) for k in self.keys]
+        acts = torch.cat([s['activations'].reshape(-1, s['activations'].shape[-1]) for s in t], -1)
+        return Batch(acts, t[0]['sequence_ids'], t[0]['positions'], t[0].get('labels'))
+
+class SideBySideStream(StreamingActivations):
+    "Batches of several hook points computed by one forward pass per batch of texts, their rows side by side."
+    def __init__(self, model, tokenizer, texts:list, layers:list, max_length:int=128, text_batch_size:int=32,
+                 drop_special:bool=True, labels:Optional[list]=None, outlier_norm_ratio:Optional[float]=None,
+                 **kwargs):
+        ActivationSource.__init__(self, **kwargs)  # not the base's: its probe would run the model once more
+        if not texts: raise ValueError("The corpus is empty: give at least one text.")
+        if labels is not None: check_labels(labels, len(texts))
+        self.model, self.tokenizer, self.texts, self.layers, self.labels = model, tokenizer, texts, layers, labels
+        self.layer, self.target_layer = layers[0], None
+        self.max_length, self.text_batch_size = max_length, text_batch_size
+        self.drop_special, self.progress, self.outlier_norm_ratio = drop_special, False, outlier_norm_ratio
+        probe = collect_activations(model, tokenizer, texts[:1], layers, max_length, progress=False)  # one text
+        self.widths = {l: probe.acts[l].shape[-1] for l in layers}
+        self.input_dim, self.n_tokens = sum(self.widths.values()), None
+
+    def _capture(self, text_ids:list) -> Iterator[Batch]:
+        labels = [self.labels[i] for i in text_ids] if self.labels is not None else None
+        for cap in iter_captures(self.model, self.tokenizer, [self.texts[i] for i in text_ids], self.layers,
+                                 self.max_length, self.text_batch_size, self.drop_special, text_ids=text_ids,
+                                 progress=self.progress, outlier_norm_ratio=self.outlier_norm_ratio, labels=labels):
+            yield _side_by_side(cap, self.layers)
+
+# %% ../nbs/05a_sweep.ipynb #e82aa996
+def hook_points_source(model, tokenizer, texts:list, layers:list, config:SAEConfig, mode:str='capture',
+                       store:Union[str, Path]='store', max_length:int=128, progress:bool=True,
+                       labels:Optional[list]=None, target_layer=None, model_name:str='') -> tuple:
+    "The source of `train_sae`'s `mode` with the rows of `layers` side by side, and `{hook point: width}`."
+    check_hook_points(model, layers, target_layer)
+    kw = dict(batch_size=config.batch_size, epochs=config.max_epochs, seed=config.seed, run_length=config.run_length)
+    if mode == 'capture':
+        st = ActivationStore(store)
+        run_id = st.capture(model, tokenizer, texts, layers=layers, model_name=model_name, max_length=max_length,
+                            text_batch_size=config.text_batch_size, progress=progress, labels=labels)
+        source = SideBySideShards(st, run_id, layers, **kw)
+        return source, source.widths
+    if mode == 'memory':
+        cap = collect_activations(model, tokenizer, texts, layers, max_length, config.text_batch_size,
+                                  progress=progress, labels=labels)
+        return InMemoryActivations(_side_by_side(cap, layers), **kw), {l: cap.acts[l].shape[-1] for l in layers}
+    if mode == 'stream':
+        source = SideBySideStream(model, tokenizer, texts, layers, max_length, text_batch_size=config.text_batch_size,
+                                  labels=labels, **kw)
+        return source, source.widths
+    raise ValueError(f"mode={mode!r}: use 'capture', 'memory' or 'stream'.")
+
+# %% ../nbs/05a_sweep.ipynb #0cf2fcfd
+def _resume_hook_points(trainers:dict, folder:Union[str, Path], source):
+    "Resume every trainer from the newest step that all the hook points' folders under `folder` hold."
+    folder = Path(folder)
+    steps = [{p.name for p in list_checkpoints(folder/hook_dir(l))} for l in trainers]
+    common = sorted(set.intersection(*steps))
+    if not common:
+        lacking = [str(l) for l, s in zip(trainers, steps) if not s]
+        raise CheckpointError(f"No step under {folder} was saved by every hook point"
+                              + (f" ({', '.join(lacking)} saved none)" if lacking else "")
+                              + ": give the checkpoint_dir of a run of the same hook points.")
+    for l, tr in trainers.items(): tr._resume(folder/hook_dir(l)/common[-1], source)
+
+def train_hook_points(source:ActivationSource, # batches of several hook points side by side (`hook_points_source`)
+                      widths:dict, # hook point -> width, in the order of the batches' columns
+                      config:SAEConfig, # the settings of every SAE; each takes its width and a checkpoint folder
+                      progress:bool=True,
+                      resume_from:Union[str, Path, None]=None, # the checkpoint_dir of a run of the same hook points
+                     ) -> dict:
+    "Train one SAE per hook point, each on its columns of every batch; returns `{hook point: SAETrainer}`."
+    if config.wandb_project:
+        raise ConfigError("wandb logs one run per process: train several hook points without wandb_project, "
+                          "or each hook point on its own.")
+    base = Path(config.checkpoint_dir)
+    trainers = {l: SAETrainer(replace(config, input_dim=w, checkpoint_dir=str(base/hook_dir(l))), progress=False)
+                for l, w in widths.items()}
+    check_source(source, config)
+    if resume_from is not None: _resume_hook_points(trainers, resume_from, source)
+    fresh = next(iter(trainers.values())).state.step == 0
+    held = hold_out_eval(source, config) if fresh else None  # the same texts held out for every hook point
+    evals = split_rows(held, widths) if held is not None else {}
+    batches = iter(source)
+    first = next(batches, None) if fresh else None
+    firsts = split_rows(first, widths) if first is not None else {}
+    for l, tr in trainers.items(): tr.begin(source, firsts.get(l), evals.get(l))
+    tr0 = next(iter(trainers.values()))
+    bar = tqdm(total=tr0.total_steps, initial=tr0.state.step, desc=f'training {len(trainers)} SAEs', unit='step',
+               disable=not progress, leave=False)
+    active = dict(trainers)
+    try:
+        for batch in (_chain(first, batches) if first is not None else batches):
+            for l, part in split_rows(batch, widths).items():
+                if l in active and active[l].step(part): del active[l]
+            bar.update(1)
+            if not active: break
+    except BaseException as e:
+        for tr in trainers.values(): tr._emit('on_error', e)
+        raise
+    finally: bar.close()
+    for tr in trainers.values(): tr.finish()
+    return trainers
 
 # %% ../nbs/05a_sweep.ipynb #4785a6ad
 class DataParallel:

