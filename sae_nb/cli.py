@@ -17,6 +17,7 @@ from .architecture import CheckpointError
 from .data import (ActivationStore, ActivationShardDataset, StoreError, ModelNotFoundError, load_model,
                          load_texts, load_labelled_texts, INPUT_SUFFIX, _split_point)
 from .trainer import SAETrainer
+from .sweep import SideBySideShards, train_hook_points, hook_dir
 from .evaluation import downstream
 from .analysis import (captured_from_store, top_activations, pick_features, Contexts, examples_at,
                              examples_markdown, feature_logits)
@@ -120,7 +121,7 @@ def _check_out(out:Path):
 def _hook_points(cfg, layer:str, target_layer:Optional[str]) -> tuple:
     "The hook point the SAE reads and the one it predicts (None: the same); a transcoder reads the input of --layer."
     layers = _parse_layers(layer)
-    if len(layers) != 1: raise ValueError(f"--layer {layer}: sae_train trains one SAE on one layer; give one.")
+    if len(layers) != 1: raise ValueError(f"--layer {layer}: give one hook point here (several train one SAE each).")
     if not variants()[cfg.activation].transcodes:
         if target_layer: raise ValueError(f"--target-layer is for transcoders, and {cfg.activation} is not one "
                                           f"(--activation transcoder or skip_transcoder trains one).")
@@ -360,7 +361,7 @@ def _plots_note(trainer, freq_tokens:Optional[int]) -> str:
 
 # %% ../nbs/05b_cli.ipynb #f2f9080e
 def sae_train(model:str='smollm2', # model to capture from: a built-in name, a folder, or a hub name
-              layer:str='15', # block index or module name to read (a transcoder reads its input: name:input)
+              layer:str='15', # block index or module name to read (a transcoder: its input); 3,5,7: an SAE each
               target_layer:str=None, # transcoders: the hook point to predict (default: the output of --layer)
               texts:str='shakespeare', # 'shakespeare', a .txt file or folder, or a .jsonl / .csv with text and label
               max_texts:int=600, # use the first this many passages (0: all)
@@ -407,6 +408,10 @@ def sae_train(model:str='smollm2', # model to capture from: a built-in name, a f
                                  checkpoint_dir=checkpoint_dir or (cfg.checkpoint_dir if config else
                                                                    str(out/'checkpoints'))))
     if no_wandb: cfg = replace(cfg, wandb_project=None)
+    if len(_parse_layers(layer)) > 1:  # one SAE per hook point, from one capture
+        return _train_several(cfg, model, _parse_layers(layer), texts, max_texts, max_length, store, mode,
+                              outlier_norm_ratio, quiet, resume_from, out, t0, bool(shard_dir or target_layer
+                                                                                    or probe_coef))
     source, cfg, st, run_id, lm = _data_for(cfg, model, layer, texts, max_texts, max_length, shard_dir, store, mode,
                                             user_dim, outlier_norm_ratio, not quiet, probe_coef, target_layer)
     t_train = time.perf_counter()
@@ -419,12 +424,41 @@ def sae_train(model:str='smollm2', # model to capture from: a built-in name, a f
 
 def sae_train_main(): sys.exit(run_command(sae_train))
 
+def _train_several(cfg, model, layers, texts, max_texts, max_length, store, mode, outlier_norm_ratio, quiet,
+                   resume_from, out, t0, unsupported:bool) -> dict:
+    "`sae_train --layer 3,5,7`: capture every hook point in one pass, train one SAE each; a report per hook point."
+    if unsupported or variants()[cfg.activation].transcodes or cfg.probe_loss_coeff or mode != 'capture':
+        raise ValueError("Several --layer hook points train plain SAEs from a capture: drop --shard-dir, "
+                         "--target-layer, --probe-coef and transcoder variants, or give one --layer.")
+    m, tok = load_model(model)
+    passages, _, _, unseen = _corpus(texts, max_texts)
+    st = ActivationStore(store)
+    # the outlier filter reads the first hook point, so every hook point keeps the same tokens
+    run_id = st.capture(m, tok, passages, layers=layers, model_name=model, max_length=max_length,
+                        text_batch_size=cfg.text_batch_size, outlier_norm_ratio=outlier_norm_ratio or None,
+                        progress=not quiet)
+    source = SideBySideShards(st, run_id, layers, batch_size=cfg.batch_size, epochs=cfg.max_epochs, seed=cfg.seed,
+                              run_length=cfg.run_length)
+    t_train = time.perf_counter()
+    trainers = train_hook_points(source, source.widths, cfg, not quiet, resume_from)
+    train_seconds, summaries = time.perf_counter() - t_train, {}
+    for l, tr in trainers.items():
+        lm = dict(model=m, tokenizer=tok, name=model, layer=l, input_layer=None, texts=passages, unseen=unseen)
+        folder = out/hook_dir(l)
+        _check_out(folder)
+        summaries[str(l)] = _report(tr, st, run_id, lm, folder, t0, train_seconds, max_length, outlier_norm_ratio,
+                                    f"{model} layer {l}", layer=l)
+        _print_summary(tr.cfg, summaries[str(l)], folder)
+    return summaries
+
 # %% ../nbs/05b_cli.ipynb #95c28253
 def _report(trainer, st, run_id, lm, out, t0, train_seconds, max_length, outlier_norm_ratio, source_name,
-            max_tokens:int=50_000) -> dict: # tokens of the run the features are read from
+            max_tokens:int=50_000, # tokens of the run the features are read from
+            layer=None) -> dict: # the hook point the SAE reads (None: its source's)
     "Measure what the report shows (features, splicing) and write it."
     sae, split = trainer.sae, trainer.state.split
-    cap = captured_from_store(st, run_id, layer=trainer.source.layer, max_tokens=max_tokens)  # what the SAE reads
+    layer = trainer.source.layer if layer is None else layer
+    cap = captured_from_store(st, run_id, layer=layer, max_tokens=max_tokens)  # what the SAE reads
     freqs, top_vals, top_rows = top_activations(sae, next(iter(cap.acts.values())), n=5)
     why_no_model = ''
     if lm is None: lm, why_no_model = _model_of_run(st.meta(run_id), trainer.source)
