@@ -14,8 +14,8 @@ import torch
 from fastcore.test import test_eq, test_close, test_fail
 
 # %% auto #0
-__all__ = ['gpt2_tokenizer', 'tiny_gpt2', 'SyntheticActivations', 'synthetic_activations', 'hierarchical_activations',
-           'assert_close', 'check_matches_reference']
+__all__ = ['gpt2_tokenizer', 'tiny_gpt2', 'SyntheticActivations', 'zipf_frequencies', 'synthetic_activations',
+           'hierarchical_activations', 'assert_close', 'check_matches_reference']
 
 # %% ../nbs/00_testing.ipynb #c1662561
 @lru_cache(maxsize=1)
@@ -67,6 +67,19 @@ class SyntheticActivations:
                 f"{self.dictionary.shape[0]} true features{tree}, mean L0 {l0:.1f}")
 
 # %% ../nbs/00_testing.ipynb #99ab15ba
+def _zipf(n:int, power:float) -> torch.Tensor: return (torch.arange(n) + 1.0) ** -power
+
+def zipf_frequencies(n:int, # features
+                     power:float, # the i-th feature's frequency falls as (i+1)^-power
+                     total:float, # expected number of features firing per token
+                    ) -> torch.Tensor: # [n] firing probability of each feature
+    "Zipf-like firing probabilities, each capped at 1, rescaled until they sum to `total`."
+    scale = 1.0
+    for _ in range(100):
+        freq = (_zipf(n, power) * scale).clamp(max=1.0)
+        scale *= total / freq.sum().item()
+    return freq
+
 def synthetic_activations(n_tokens:int=4096, # rows of activations
                           input_dim:int=64, # width of each activation
                           n_features:int=256, # size of the true dictionary
@@ -82,10 +95,7 @@ def synthetic_activations(n_tokens:int=4096, # rows of activations
     g = torch.Generator().manual_seed(seed)
     dictionary = torch.randn(n_features, input_dim, generator=g)
     dictionary = dictionary / dictionary.norm(dim=-1, keepdim=True)
-    base, scale = (torch.arange(n_features) + 1.0) ** -power, 1.0
-    for _ in range(100):  # rescale until the frequencies, capped at 1, sum to mean_active
-        freq = (base * scale).clamp(max=1.0)
-        scale *= mean_active / freq.sum().item()
+    freq = zipf_frequencies(n_features, power, mean_active)
     fires = torch.rand(n_tokens, n_features, generator=g) < freq
     magnitudes = 0.5 + torch.empty(n_tokens, n_features).exponential_(1.0, generator=g)
     codes = torch.where(fires, magnitudes, torch.zeros(()))
@@ -95,8 +105,6 @@ def synthetic_activations(n_tokens:int=4096, # rows of activations
     return SyntheticActivations(x, dictionary, codes, freq, mean)
 
 # %% ../nbs/00_testing.ipynb #72e6c392
-def _zipf(n:int, power:float) -> torch.Tensor: return (torch.arange(n) + 1.0) ** -power
-
 def hierarchical_activations(n_tokens:int=16384, # rows of activations
                              input_dim:int=64, # width of each activation
                              n_parents:int=8, # features at the top of the hierarchy
@@ -121,10 +129,7 @@ def hierarchical_activations(n_tokens:int=16384, # rows of activations
     dictionary = torch.randn(max(n, input_dim), input_dim, generator=g)
     if n <= input_dim: dictionary = torch.linalg.qr(dictionary)[0]  # orthonormal rows
     dictionary = torch.nn.functional.normalize(dictionary[:n], dim=-1)
-    scale = 1.0
-    for _ in range(100):  # rescale until the parents' frequencies, capped at 1, sum to parents_active
-        parent_freq = (_zipf(P, power) * scale).clamp(max=1.0)
-        scale *= parents_active / parent_freq.sum().item()
+    parent_freq = zipf_frequencies(P, power, parents_active)
     sibling = _zipf(C, power) / _zipf(C, power).sum() * child_prob  # P(this child | its parent fires)
     freq = torch.cat([parent_freq, (parent_freq[:, None] * sibling).flatten()])
     parent_fires = torch.rand(n_tokens, P, generator=g) < parent_freq
