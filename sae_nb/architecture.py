@@ -552,14 +552,15 @@ def init_b_dec(self:SparseAutoencoder, x:torch.Tensor, # [n, input_dim] a sample
 @patch
 @torch.no_grad()
 def normalize_decoder(self:SparseAutoencoder):
-    "Rescale every decoder atom to unit norm."
+    "Rescale every decoder atom to unit norm (a transcoder's are free in norm: left as they are)."
+    if self.variant.transcodes: return
     self.W_dec /= self.W_dec.norm(dim=-1, keepdim=True).clamp(min=1e-8)
 
 @patch
 @torch.no_grad()
 def remove_parallel_grads(self:SparseAutoencoder):
-    "Remove from `W_dec.grad` its component along each (unit-norm) atom."
-    if self.W_dec.grad is None: return
+    "Remove from `W_dec.grad` its component along each (unit-norm) atom (none for a transcoder's)."
+    if self.W_dec.grad is None or self.variant.transcodes: return
     atoms = self.W_dec / self.W_dec.norm(dim=-1, keepdim=True).clamp(min=1e-8)
     self.W_dec.grad -= (self.W_dec.grad * atoms).sum(-1, keepdim=True) * atoms
 

@@ -17,7 +17,7 @@ from .architecture import CheckpointError
 from .data import (ActivationStore, ActivationShardDataset, StoreError, ModelNotFoundError, load_model,
                          load_texts, load_labelled_texts, INPUT_SUFFIX, _split_point)
 from .trainer import SAETrainer
-from .sweep import SideBySideShards, train_hook_points, hook_dir
+from .sweep import hook_points_source, train_hook_points, hook_dir
 from .evaluation import downstream
 from .analysis import (captured_from_store, top_activations, pick_features, Contexts, examples_at,
                              examples_markdown, feature_logits)
@@ -432,13 +432,10 @@ def _train_several(cfg, model, layers, texts, max_texts, max_length, store, mode
                          "--target-layer, --probe-coef and transcoder variants, or give one --layer.")
     m, tok = load_model(model)
     passages, _, _, unseen = _corpus(texts, max_texts)
-    st = ActivationStore(store)
-    # the outlier filter reads the first hook point, so every hook point keeps the same tokens
-    run_id = st.capture(m, tok, passages, layers=layers, model_name=model, max_length=max_length,
-                        text_batch_size=cfg.text_batch_size, outlier_norm_ratio=outlier_norm_ratio or None,
-                        progress=not quiet)
-    source = SideBySideShards(st, run_id, layers, batch_size=cfg.batch_size, epochs=cfg.max_epochs, seed=cfg.seed,
-                              run_length=cfg.run_length)
+    # one capture (the outlier filter reads the first hook point, so every hook point keeps the same tokens)
+    source, _ = hook_points_source(m, tok, passages, layers, cfg, 'capture', store, max_length, not quiet,
+                                   model_name=model, outlier_norm_ratio=outlier_norm_ratio or None)
+    st, run_id = source.store, source.run_id
     t_train = time.perf_counter()
     trainers = train_hook_points(source, source.widths, cfg, not quiet, resume_from)
     train_seconds, summaries = time.perf_counter() - t_train, {}

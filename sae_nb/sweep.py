@@ -185,23 +185,26 @@ class SideBySideStream(StreamingActivations):
 # %% ../nbs/05a_sweep.ipynb #e82aa996
 def hook_points_source(model, tokenizer, texts:list, layers:list, config:SAEConfig, mode:str='capture',
                        store:Union[str, Path]='store', max_length:int=128, progress:bool=True,
-                       labels:Optional[list]=None, target_layer=None, model_name:str='') -> tuple:
+                       labels:Optional[list]=None, target_layer=None, model_name:str='',
+                       outlier_norm_ratio:Optional[float]=None, # leave out tokens above this × the median norm
+                      ) -> tuple:
     "The source of `train_sae`'s `mode` with the rows of `layers` side by side, and `{hook point: width}`."
     check_hook_points(model, layers, target_layer)
     kw = dict(batch_size=config.batch_size, epochs=config.max_epochs, seed=config.seed, run_length=config.run_length)
     if mode == 'capture':
         st = ActivationStore(store)
         run_id = st.capture(model, tokenizer, texts, layers=layers, model_name=model_name, max_length=max_length,
-                            text_batch_size=config.text_batch_size, progress=progress, labels=labels)
+                            text_batch_size=config.text_batch_size, progress=progress, labels=labels,
+                            outlier_norm_ratio=outlier_norm_ratio)
         source = SideBySideShards(st, run_id, layers, **kw)
         return source, source.widths
     if mode == 'memory':
         cap = collect_activations(model, tokenizer, texts, layers, max_length, config.text_batch_size,
-                                  progress=progress, labels=labels)
+                                  progress=progress, labels=labels, outlier_norm_ratio=outlier_norm_ratio)
         return InMemoryActivations(_side_by_side(cap, layers), **kw), {l: cap.acts[l].shape[-1] for l in layers}
     if mode == 'stream':
         source = SideBySideStream(model, tokenizer, texts, layers, max_length, text_batch_size=config.text_batch_size,
-                                  labels=labels, **kw)
+                                  labels=labels, outlier_norm_ratio=outlier_norm_ratio, **kw)
         return source, source.widths
     raise ValueError(f"mode={mode!r}: use 'capture', 'memory' or 'stream'.")
 

@@ -179,7 +179,7 @@ def train_step(sae, optimizer, batch, # a `Batch` (or a [batch, input_dim] tenso
     # data-parallel: the backward pass also averages the gradients across processes, so what edits them comes after
     (scaler.scale(backward) if scaler else backward).backward()
     if scaler: scaler.unscale_(optimizer)
-    if not sae.variant.transcodes: sae.remove_parallel_grads()  # a transcoder's atoms are free in norm (below)
+    sae.remove_parallel_grads()
     if sae.cfg.grad_clip:  # the probe's own fit aside
         torch.nn.utils.clip_grad_norm_(sae.sae_parameters(), sae.cfg.grad_clip)
     if scaler: scaler.step(optimizer); scaler.update()
@@ -571,7 +571,7 @@ def step(self:SAETrainer, batch # a `Batch` or a [batch, input_dim] tensor, on t
     s.tokens_since_fired = update_dead_counters(s.tokens_since_fired, fired, n)
     if s.step % max(1, min(cfg.log_every, cfg.dead_feature_window // n)) == 0:  # the one sync for dead latents
         s.any_dead = bool((s.tokens_since_fired >= cfg.dead_feature_window).any())
-    if s.step % cfg.normalize_decoder_every == 0 and not self.sae.variant.transcodes: self.sae.normalize_decoder()
+    if s.step % cfg.normalize_decoder_every == 0: self.sae.normalize_decoder()
     if cfg.resample_dead_every and s.step % cfg.resample_dead_every == 0: self._resample(batch, out)
     s.data_position = self.source.state_dict()
     if s.step % cfg.log_every == 0: self._log(x, out, terms, total)
