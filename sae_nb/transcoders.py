@@ -9,7 +9,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from .architecture import VARIANTS, register_variant, SAELensLayout, SparsifyLayout, UnsupportedFormat
+from .architecture import (VARIANTS, register_variant, SAELensLayout, SparsifyLayout, UnsupportedFormat,
+                                 _relu_to_saelens)
 
 # %% auto #0
 __all__ = ['TRANSCODER_LATENTS', 'TranscoderSettings', 'transcoder_encode', 'skip_path', 'skip_transcoder_encode']
@@ -51,9 +52,7 @@ def _needs_latents(sae, latents:str, library:str, fix:str):
 
 def _transcoder_to_saelens(sae, t):
     _needs_latents(sae, 'relu', 'SAELens', "Save it with save_sparsify() (top-k latents) or sae.save()")
-    if not sae.cfg.use_relu:
-        raise UnsupportedFormat(f"{sae.cfg.activation} with use_relu=False: a linear encoder has no SAELens "
-                                "architecture. Save it with sae.save()")
+    _relu_to_saelens(sae, t)  # a linear encoder (use_relu=False) is refused as for a relu SAE
     if sae.variant.skip: t['W_skip'] = sae.W_skip.detach().float().cpu().contiguous()
     return dict(d_out=sae.cfg.input_dim, apply_b_dec_to_input=False)
 
