@@ -87,22 +87,34 @@ def synthetic_activations(n_tokens:int=4096, # rows of activations
                           power:float=1.0, # frequency of the i-th feature falls as (i+1)^-power
                           noise:float=0.01, # std of the Gaussian noise added to each coordinate
                           mean_norm:float=1.0, # norm of the constant offset added to every token
+                          magnitude_range:tuple=(1.0, 1.0), # each feature's typical magnitude, log-uniform in it
+                          keep_codes:bool=True, # False: `codes` is None (1M tokens of 3072 features would be 12 GB)
+                          chunk_tokens:int=65536, # rows drawn at a time: memory stays bounded
                           seed:int=0, # everything is drawn from this seed
                          ) -> SyntheticActivations:
     "Sparse activations with a known ground-truth dictionary, seeded."
     if not 0 < mean_active <= n_features:
         raise ValueError(f"mean_active={mean_active} must be in (0, n_features={n_features}].")
+    lo, hi = magnitude_range
+    if not 0 < lo <= hi: raise ValueError(f"magnitude_range={magnitude_range} must be (low, high) with 0 < low <= high.")
     g = torch.Generator().manual_seed(seed)
     dictionary = torch.randn(n_features, input_dim, generator=g)
     dictionary = dictionary / dictionary.norm(dim=-1, keepdim=True)
     freq = zipf_frequencies(n_features, power, mean_active)
-    fires = torch.rand(n_tokens, n_features, generator=g) < freq
-    magnitudes = 0.5 + torch.empty(n_tokens, n_features).exponential_(1.0, generator=g)
-    codes = torch.where(fires, magnitudes, torch.zeros(()))
-    mean = torch.randn(input_dim, generator=g)
-    mean = mean * mean_norm / mean.norm()
-    x = codes @ dictionary + mean + noise * torch.randn(n_tokens, input_dim, generator=g)
-    return SyntheticActivations(x, dictionary, codes, freq, mean)
+    typical = lo * (hi / lo) ** torch.rand(n_features, generator=torch.Generator().manual_seed(seed + 1))
+    xs, all_codes, mean = [], [], None
+    for start in range(0, n_tokens, chunk_tokens):
+        n = min(chunk_tokens, n_tokens - start)
+        fires = torch.rand(n, n_features, generator=g) < freq
+        magnitudes = 0.5 + torch.empty(n, n_features).exponential_(1.0, generator=g)
+        codes = torch.where(fires, magnitudes * typical, torch.zeros(()))
+        if mean is None:
+            mean = torch.randn(input_dim, generator=g)
+            mean = mean * mean_norm / mean.norm()
+        xs.append(codes @ dictionary + mean + noise * torch.randn(n, input_dim, generator=g))
+        if keep_codes: all_codes.append(codes)
+    codes = torch.cat(all_codes) if keep_codes else None
+    return SyntheticActivations(torch.cat(xs), dictionary, codes, freq, mean)
 
 # %% ../nbs/00_testing.ipynb #72e6c392
 def hierarchical_activations(n_tokens:int=16384, # rows of activations
