@@ -14,7 +14,17 @@ What it does, in order:
 4. Trains sae_nb's `SAETrainer` on those recorded activations (the same tokens; its trainer shuffles them, as it
    always does), with its defaults except the shape and batch size (and `eval_every=0`: no evaluation during
    training, for either library).
-5. Scores both SAEs (sparsify's as its trainer saved it) on the held-out passages' activations.
+5. Scores both SAEs (sparsify's as its trainer saved it) on the held-out passages' activations: FVU and L0 (mean
+   active latents per token). Then, untimed, restores the full model and splices each SAE's reconstruction into it at
+   that block's output with sae_nb's `downstream`, on the same held-out sequences: next-token CE loss of the clean
+   model, with the block's output zero-ablated, and with each SAE spliced in; CE loss recovered
+   ((zero-ablated - spliced) / (zero-ablated - clean), 1 = as good as the clean model); KL divergence from the clean
+   model's next-token distribution. sparsify's SAE goes through the same code, behind an encode/decode wrapper that
+   calls its own `encode` and `decode`. Attention sinks are left in place, as `sae_eval` does: tokens whose norm at
+   the hook point is over `--ce-outlier-ratio` (10) times the batch's median keep the model's own activations, are
+   neither zeroed nor spliced, and their next-token losses are not counted (`--ce-outlier-ratio 0` splices every
+   token). Scoring runs in batches of 8 sequences; CE is the mean over batches weighted by the tokens each spliced,
+   KL the mean over all tokens.
 
 sparsify's command line cannot be used here: its `load_artifacts` places the model on `cuda:{rank}` and loads the
 model and the data set from the Hugging Face hub; this machine has neither a GPU nor the hub.
@@ -35,6 +45,8 @@ def parse():
     p.add_argument('--latents', type=int, default=4608)
     p.add_argument('--k', type=int, default=32)
     p.add_argument('--heldout-seqs', type=int, default=64, help="held-out sequences to score on")
+    p.add_argument('--ce-outlier-ratio', type=float, default=10.0,
+                   help="splicing leaves tokens above this x the median norm (attention sinks) alone; 0 splices all")
     p.add_argument('--out', default=None, help="write the result here as JSON")
     return p.parse_args()
 
@@ -56,8 +68,9 @@ class Stopwatch:
     "Wall and CPU seconds spent in the model's forward passes and, inside them, in sparsify's training hook."
     def __init__(self, model, module):
         self.model_s, self.hook_s = torch.zeros(2, dtype=torch.float64), torch.zeros(2, dtype=torch.float64)
-        model.register_forward_pre_hook(lambda *a: setattr(self, '_t', clocks()))
-        model.register_forward_hook(lambda *a: self.model_s.add_(clocks() - self._t))
+        self.module = module
+        self.handles = [model.register_forward_pre_hook(lambda *a: setattr(self, '_t', clocks())),
+                        model.register_forward_hook(lambda *a: self.model_s.add_(clocks() - self._t))]
         register = module.register_forward_hook
         def timed_register(fn, *a, **kw):  # sparsify registers its training hook anew for every batch
             def timed(*args):
@@ -66,6 +79,55 @@ class Stopwatch:
                 finally: self.hook_s.add_(clocks() - t)
             return register(timed, *a, **kw)
         module.register_forward_hook = timed_register
+
+    def stop(self):
+        "Remove the hooks and the timed registration."
+        for h in self.handles: h.remove()
+        del self.module.register_forward_hook
+
+
+class SparsifyCodes:
+    "sparsify's SparseCoder as the encode/decode pair sae_nb's splicing calls: dense latents out, its own decode back."
+    def __init__(self, sae):
+        if sae.W_skip is not None or sae.cfg.transcode:
+            raise ValueError("SparsifyCodes wraps a plain sparsify autoencoder; this one has a skip path or "
+                             "transcodes: train it with skip_connection=False and transcode=False.")
+        self.sae = sae
+
+    def encode(self, x):
+        out = self.sae.encode(x)
+        return x.new_zeros(len(x), self.sae.num_latents).scatter_(1, out.top_indices, out.top_acts.to(x.dtype))
+
+    def decode(self, h):
+        acts, idx = h.topk(self.sae.cfg.k, dim=1)  # the k latents encode set (any zeros among them add nothing)
+        return self.sae.decode(acts, idx)
+
+
+class Pretokenized:
+    "A tokenizer for `downstream` whose texts are token ids already [sequences, ctx] (held-out sequences as chunked)."
+    def __call__(self, ids, **kw): return {'input_ids': ids, 'attention_mask': torch.ones_like(ids)}
+
+
+def spliced(sae, model, ids, layer, ratio, batch=8):
+    "sae_nb's `downstream` over the sequences `ids` [n, ctx] in batches: clean, zero-ablated and spliced CE, and KL."
+    from sae_nb.evaluation import downstream
+    runs = [downstream(sae, model, Pretokenized(), ids[i:i + batch], layer, max_length=ids.shape[1],
+                       outlier_norm_ratio=ratio or None) for i in range(0, len(ids), batch)]
+    spliced_n = torch.tensor([r['spliced_tokens'] for r in runs], dtype=torch.float64)
+    seq_n = torch.tensor([len(ids[i:i + batch]) for i in range(0, len(ids), batch)], dtype=torch.float64)
+    mean = lambda key, w: (torch.tensor([r[key] for r in runs], dtype=torch.float64) * w).sum().item() / w.sum().item()
+    res = {k: mean(k, spliced_n) for k in ('clean_loss', 'zero_ablated_loss', 'spliced_loss')}
+    res['kl_divergence'] = mean('kl_divergence', seq_n)
+    res['ce_loss_recovered'] = ((res['zero_ablated_loss'] - res['spliced_loss'])
+                                / (res['zero_ablated_loss'] - res['clean_loss']))
+    res['spliced_tokens'] = int(spliced_n.sum())
+    return res
+
+
+@torch.no_grad()
+def l0(sae, x):
+    "Mean number of nonzero latents per token of `x`."
+    return torch.cat([(sae.encode(b) != 0).sum(1) for b in x.split(4096)]).double().mean().item()
 
 
 def main():
@@ -86,6 +148,8 @@ def main():
     model, tok = load_model(a.model)
     base = model.base_model  # what sparsify's CLI loads for its default fvu loss (AutoModel)
     # The blocks after the hooked one change nothing either SAE sees; dropping them halves the model's time.
+    # (They are put back for the CE scoring at the end.)
+    full_layers, full_depth = base.layers, base.config.num_hidden_layers
     base.layers = base.layers[:a.layer + 1]
     base.config.num_hidden_layers = a.layer + 1
     module = base.layers[a.layer]
@@ -99,7 +163,7 @@ def main():
 
     # sparsify, through its own Trainer
     seen = []
-    record(module, seen)
+    recording = record(module, seen)
     trainer = Trainer(sp_cfg, dataset, base)
     seen.clear()  # its constructor ran the model once on dummy inputs to read the hook point's width
     watch = Stopwatch(base, module)
@@ -112,6 +176,7 @@ def main():
     with torch.no_grad():
         for i in range(0, len(heldout), 16): base(heldout[i:i + 16]['input_ids'])
     x_eval = torch.cat(seen)
+    recording.remove(); watch.stop()
 
     # sae_nb, through its own trainer, on the activations sparsify trained on, in the same order
     nb_cfg = SAEConfig(input_dim=x_train.shape[1], expansion_factor=a.latents / x_train.shape[1], k=a.k,
@@ -127,6 +192,16 @@ def main():
         sp_hat = torch.cat([sp_sae(b).sae_out for b in x_eval.split(4096)])
     nb_fvu = (fvu(x_eval, nb_hat).item(), fvu(x_eval[typical], nb_hat[typical]).item())
     sp_fvu = (fvu(x_eval, sp_hat).item(), fvu(x_eval[typical], sp_hat[typical]).item())
+    sp_codes = SparsifyCodes(sp_sae)
+    nb_l0, sp_l0 = l0(tr.sae, x_eval), l0(sp_codes, x_eval)
+
+    # CE loss recovered (not timed): the full model again, each SAE spliced in at the block's output
+    base.layers, base.config.num_hidden_layers = full_layers, full_depth
+    model.eval()
+    ids = heldout[:]['input_ids']  # [sequences, ctx]: the sequences x_eval came from
+    nb_ce, sp_ce = (spliced(s, model, ids, a.layer, a.ce_outlier_ratio) for s in (tr.sae, sp_codes))
+    for key in ('clean_loss', 'zero_ablated_loss', 'spliced_tokens'):  # the same tokens, the same model: must agree
+        assert abs(nb_ce[key] - sp_ce[key]) <= 1e-5 * abs(nb_ce[key]), (key, nb_ce[key], sp_ce[key])
     tokens, tmp = len(x_train), '<temporary folder>'
     result = {
         'versions': {p: version(p) for p in ('sae_nb', 'eai-sparsify', 'torch', 'transformers', 'datasets')}
@@ -139,15 +214,20 @@ def main():
                  'held-out passages': len(heldout_texts),
                  'sequence tokens': a.ctx, 'steps': a.steps, 'train tokens': tokens,
                  'held-out tokens': len(x_eval), 'held-out sink tokens': int((~typical).sum()),
+                 'CE sequences': len(ids), 'CE outlier norm ratio': a.ce_outlier_ratio or None,
+                 'CE spliced tokens': nb_ce['spliced_tokens'],
+                 'clean CE': nb_ce['clean_loss'], 'zero-ablated CE': nb_ce['zero_ablated_loss'],
                  'model forward s (not counted)': model_s[0].item()},
         'sparsify settings': asdict(sp_cfg) | {'save_dir': tmp, 'resolved lr': sp_lr,
                                                'optimizer class': type(trainer.optimizers[0]).__name__},
         'sae_nb settings': nb_cfg.to_dict() | {'checkpoint_dir': tmp},
         'rows': [
             {'library': lib, 'trainer': how, 'tokens/s': tokens / s[0].item(), 'SAE seconds': s[0].item(),
-             'tokens per CPU second': tokens / s[1].item(), 'held-out FVU': f[0], 'held-out FVU without sinks': f[1]}
-            for lib, how, s, f in (('sae_nb', 'SAETrainer.train', nb_s, nb_fvu),
-                                   ('sparsify', 'Trainer.fit', sp_sae_s, sp_fvu))
+             'tokens per CPU second': tokens / s[1].item(), 'held-out FVU': f[0], 'held-out FVU without sinks': f[1],
+             'held-out L0': n, 'CE loss recovered': ce['ce_loss_recovered'], 'spliced CE': ce['spliced_loss'],
+             'KL divergence': ce['kl_divergence']}
+            for lib, how, s, f, n, ce in (('sae_nb', 'SAETrainer.train', nb_s, nb_fvu, nb_l0, nb_ce),
+                                          ('sparsify', 'Trainer.fit', sp_sae_s, sp_fvu, sp_l0, sp_ce))
         ],
     }
     result['load average'] = os.getloadavg()  # other processes on the machine: over the core count, wall times suffer
