@@ -18,8 +18,9 @@ What it does, in order:
 3. sparsify: its own `Trainer(TrainConfig(SparseCoderConfig(num_latents, k), hookpoints, log_to_wandb=False,
    save_dir), dataset, model).fit()`, every other setting at its default (signum, schedule-free, its lr rule). It
    trains on a model's hook point, so the model is a stand-in whose hooked submodule maps "token ids" to activation
-   rows: the data set's `input_ids` are the training row indices in sequences of `--ctx`, in order, so its default
-   batch of 32 sequences is 4096 rows, the batches every library sees. Its SAE is read back with
+   rows: the data set's `input_ids` are the training row indices in sequences of `--ctx`, in order, and its batch is
+   `--batch`/`--ctx` sequences (at the defaults its own default, 32 sequences of 128: 4096 rows), the batches every
+   library sees. Its SAE is read back with
    `SparseCoder.load_from_disk` from the checkpoint `fit` saves (its schedule-free averaged weights).
 4. dictionary_learning: its own `trainSAE(data=<the same batches, in order>, trainer_configs=[{TopKTrainer,
    AutoEncoderTopK, activation_dim, dict_size, k, steps, layer, lm_name, device}], steps, device='cpu')`, every other
@@ -33,8 +34,8 @@ What it does, in order:
    latents per row), dead % (latents nonzero on no held-out row), recovery of the true dictionary
    (`sae_nb.evaluation.dictionary_recovery` of its decoder atoms, [latents, d]: mean over true atoms of the best
    |cos| with a learned atom, and the share above 0.9; the mean also of its decoder as initialised, before any
-   step), and training tokens/s over the wall seconds of each library's own training call (CPU seconds of this
-   process too: the CPU clock barely moves while other processes run).
+   step), and training tokens/s over the wall seconds of each library's own training call, the final save each
+   makes included (CPU seconds of this process too: the CPU clock barely moves while other processes run).
 
 `--seed` seeds the data and must differ from sae_nb's own default seed (0): `synthetic_activations` draws the true
 dictionary with `torch.randn` from a generator seeded with it, as sae_nb draws its initial decoder from one seeded
