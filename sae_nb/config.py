@@ -4,7 +4,7 @@
 
 # %% ../nbs/01_config.ipynb #534e4abf
 from __future__ import annotations
-import dataclasses, difflib, json, os, tempfile, typing
+import dataclasses, difflib, json, math, os, tempfile, typing
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, asdict
 from pathlib import Path
@@ -14,9 +14,10 @@ import torch
 from fastcore.basics import patch
 
 # %% auto #0
-__all__ = ['RETIRED', 'PRESETS', 'normal_permissions', 'atomic_path', 'atomic_write_text', 'ConfigError', 'variants', 'setting',
-           'field_help', 'SAEConfig', 'pick_device', 'preset_config', 'gpt2_sae_config', 'gpt2_medium_sae_config',
-           'pythia_1_4b_sae_config', 'smollm2_sae_config', 'minilm_sae_config']
+__all__ = ['WARMUP_FRACTION', 'RETIRED', 'PRESETS', 'normal_permissions', 'atomic_path', 'atomic_write_text', 'ConfigError',
+           'variants', 'setting', 'field_help', 'default_learning_rate', 'SAEConfig', 'pick_device', 'preset_config',
+           'gpt2_sae_config', 'gpt2_medium_sae_config', 'pythia_1_4b_sae_config', 'smollm2_sae_config',
+           'minilm_sae_config']
 
 # %% ../nbs/01_config.ipynb #6ec1a47c
 def _umask() -> int:
@@ -67,6 +68,13 @@ def field_help(cls) -> dict:
     return {f.name: f.metadata.get('help', '') for f in fields(cls)}
 
 # %% ../nbs/01_config.ipynb #da173916
+WARMUP_FRACTION = 0.05 # the default warmup: this share of the run's steps
+
+def default_learning_rate(cfg) -> float:
+    "Adam's peak learning rate when `learning_rate` is None: 0.08/√input_dim, × √(batch_size/4096)."
+    return 0.08 / math.sqrt(cfg.input_dim) * math.sqrt(cfg.batch_size / 4096)
+
+# %% ../nbs/01_config.ipynb #ef246120
 @dataclass(frozen=True)
 class SAEConfig:
     "Every setting of a sparse autoencoder and of its training run."
@@ -103,11 +111,13 @@ class SAEConfig:
     auxk_coeff:float = setting(1/32, "topk: weight of the AuxK loss that revives dead latents (Gao et al. 2024, §A.2)")
     k_aux:Optional[int] = setting(None, "dead latents AuxK may use per token (None: input_dim // 2)")
     # optimisation
-    learning_rate:float = setting(4e-4, "Adam's peak learning rate")
+    learning_rate:Optional[float] = setting(None, "Adam's peak learning rate (None: the default rule, "
+                                            "0.08/√input_dim × √(batch_size/4096); see default_learning_rate)")
     batch_size:int = setting(4096, "activations (tokens) per step")
     max_epochs:int = setting(1, "passes over the activations")
     max_steps:Optional[int] = setting(None, "stop after this many steps (None: run all epochs)")
-    warmup_steps:int = setting(100, "steps of linear learning-rate warmup")
+    warmup_steps:Optional[int] = setting(None, "steps of linear learning-rate warmup (None: 5% of the run's steps, "
+                                         "or 100 when its length is unknown)")
     lr_schedule:str = setting('constant', "after warmup: constant, linear (decay to 0) or cosine")
     grad_clip:Optional[float] = setting(1.0, "clip the gradient norm to this (None: no clipping)")
     use_amp:bool = setting(False, "mixed precision: autocast the forward pass to amp_dtype")
@@ -154,6 +164,14 @@ class SAEConfig:
         "The variant's own settings, defaults filled in (None for a variant without settings)."
         spec = variants()[self.activation]
         return spec.settings(**(self.variant_settings or {})) if spec.settings else None
+    @property
+    def peak_lr(self) -> float:
+        "The peak learning rate a run uses: `learning_rate`, or the default rule's when it is None."
+        return default_learning_rate(self) if self.learning_rate is None else self.learning_rate
+    def warmup_for(self, total_steps:Optional[int]) -> int:
+        "Warmup steps of a run of `total_steps` (None: length unknown): `warmup_steps`, or the default rule's."
+        if self.warmup_steps is not None: return self.warmup_steps
+        return math.ceil(WARMUP_FRACTION * total_steps) if total_steps else 100
 
 # %% ../nbs/01_config.ipynb #561b4c65
 def _type_ok(value, anno) -> bool:
@@ -209,7 +227,7 @@ def _validate(cfg):
     _check_variant_settings(cfg, variants()[cfg.activation])
     for f in fields(cfg):
         if f.name.endswith('_coeff'): _need(getattr(cfg, f.name) >= 0, cfg, f.name, "a loss weight must be ≥ 0")
-    _need(cfg.learning_rate > 0, cfg, 'learning_rate', "it must be > 0")
+    _need(cfg.learning_rate is None or cfg.learning_rate > 0, cfg, 'learning_rate', "it must be None or > 0")
     _one_of(cfg, 'b_dec_init', ('geometric_median', 'mean', 'zeros'))
     _need(cfg.probe_classes >= 0, cfg, 'probe_classes', "it must be ≥ 0")
     _need(cfg.probe_loss_coeff == 0 or cfg.probe_classes >= 2, cfg, 'probe_classes',
@@ -224,7 +242,8 @@ def _validate(cfg):
     for name in ('batch_size', 'max_epochs', 'dead_feature_window', 'text_batch_size', 'log_every',
                  'normalize_decoder_every', 'keep_checkpoints'):
         _need(getattr(cfg, name) >= 1, cfg, name, "it must be at least 1")
-    for name in ('warmup_steps', 'checkpoint_every', 'eval_every', 'eval_tokens', 'resample_dead_every'):
+    _need(cfg.warmup_steps is None or cfg.warmup_steps >= 0, cfg, 'warmup_steps', "it must be None or ≥ 0")
+    for name in ('checkpoint_every', 'eval_every', 'eval_tokens', 'resample_dead_every'):
         _need(getattr(cfg, name) >= 0, cfg, name, "it must be ≥ 0")
     _need(cfg.grad_clip is None or cfg.grad_clip > 0, cfg, 'grad_clip', "it must be None or > 0")
     _one_of(cfg, 'lr_schedule', ('constant', 'linear', 'cosine'))

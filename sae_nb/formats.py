@@ -398,7 +398,7 @@ def save_trainer_checkpoint(trainer, # an `SAETrainer` (05_trainer): saves its S
         raise UnsupportedFormat("The SAE has an input scale, which this layout cannot record: fold it first "
                                 "(sae.fold_input_scale()) or save a native checkpoint (05_trainer).")
     step, lr = int(trainer.state.step), trainer.optimizer.param_groups[0]['lr']
-    scheduler = {'base_lrs': [trainer.cfg.learning_rate], 'last_epoch': step, '_step_count': step + 1, '_last_lr': [lr]}
+    scheduler = {'base_lrs': [trainer.cfg.peak_lr], 'last_epoch': step, '_step_count': step + 1, '_last_lr': [lr]}
     payload = {'step': step, 'epoch': int(trainer.state.data_position.get('epoch', 0)),
                'model_state': {k: v.detach().cpu().clone() for k, v in trainer.sae.state_dict().items()},
                'optimizer_state': trainer.optimizer.state_dict(), 'scheduler_state': scheduler,

@@ -14,7 +14,7 @@ import torch
 from fastcore.test import test_eq, test_close, test_fail
 
 # %% auto #0
-__all__ = ['gpt2_tokenizer', 'tiny_gpt2', 'SyntheticActivations', 'zipf_frequencies', 'synthetic_activations',
+__all__ = ['gpt2_tokenizer', 'tiny_gpt2', 'SyntheticActivations', 'data_generator', 'zipf_frequencies', 'synthetic_activations',
            'hierarchical_activations', 'assert_close', 'check_matches_reference']
 
 # %% ../nbs/00_testing.ipynb #c1662561
@@ -67,6 +67,10 @@ class SyntheticActivations:
                 f"{self.dictionary.shape[0]} true features{tree}, mean L0 {l0:.1f}")
 
 # %% ../nbs/00_testing.ipynb #99ab15ba
+def data_generator(seed:int) -> torch.Generator:
+    "The generator synthetic data draws from: never the stream an SAE with `cfg.seed == seed` initialises from."
+    return torch.Generator().manual_seed(seed ^ 0x5EEDDA7A)  # SparseAutoencoder draws its decoder from manual_seed(seed)
+
 def _zipf(n:int, power:float) -> torch.Tensor: return (torch.arange(n) + 1.0) ** -power
 
 def zipf_frequencies(n:int, # features
@@ -97,20 +101,19 @@ def synthetic_activations(n_tokens:int=4096, # rows of activations
         raise ValueError(f"mean_active={mean_active} must be in (0, n_features={n_features}].")
     lo, hi = magnitude_range
     if not 0 < lo <= hi: raise ValueError(f"magnitude_range={magnitude_range} must be (low, high) with 0 < low <= high.")
-    g = torch.Generator().manual_seed(seed)
+    g = data_generator(seed)
     dictionary = torch.randn(n_features, input_dim, generator=g)
     dictionary = dictionary / dictionary.norm(dim=-1, keepdim=True)
     freq = zipf_frequencies(n_features, power, mean_active)
-    typical = lo * (hi / lo) ** torch.rand(n_features, generator=torch.Generator().manual_seed(seed + 1))
-    xs, all_codes, mean = [], [], None
+    typical = lo * (hi / lo) ** torch.rand(n_features, generator=g)
+    mean = torch.randn(input_dim, generator=g)
+    mean = mean * mean_norm / mean.norm()
+    xs, all_codes = [], []
     for start in range(0, n_tokens, chunk_tokens):
         n = min(chunk_tokens, n_tokens - start)
         fires = torch.rand(n, n_features, generator=g) < freq
         magnitudes = 0.5 + torch.empty(n, n_features).exponential_(1.0, generator=g)
         codes = torch.where(fires, magnitudes * typical, torch.zeros(()))
-        if mean is None:
-            mean = torch.randn(input_dim, generator=g)
-            mean = mean * mean_norm / mean.norm()
         xs.append(codes @ dictionary + mean + noise * torch.randn(n, input_dim, generator=g))
         if keep_codes: all_codes.append(codes)
     codes = torch.cat(all_codes) if keep_codes else None
@@ -135,7 +138,7 @@ def hierarchical_activations(n_tokens:int=16384, # rows of activations
     if not 0 <= child_prob <= 1: raise ValueError(f"child_prob={child_prob} is a probability: give one in [0, 1].")
     lo, hi = magnitudes
     if not 0 < lo <= hi: raise ValueError(f"magnitudes={magnitudes} must be (low, high) with 0 < low <= high.")
-    g, P, C = torch.Generator().manual_seed(seed), n_parents, children_per_parent
+    g, P, C = data_generator(seed), n_parents, children_per_parent
     n = P * (1 + C)  # parents first, then each parent's children in turn
     parents = torch.cat([torch.full((P,), -1), torch.arange(P).repeat_interleave(C)])
     dictionary = torch.randn(max(n, input_dim), input_dim, generator=g)

@@ -349,7 +349,7 @@ class SAETrainer:
                               "use amp_dtype='bfloat16'.")
         self.sae = (sae or SparseAutoencoder(config, device=self.device)).to(self.device)
         # fused: one kernel for all parameters
-        self.optimizer = torch.optim.Adam(self.sae.parameters(), lr=config.learning_rate, fused=True)
+        self.optimizer = torch.optim.Adam(self.sae.parameters(), lr=config.peak_lr, fused=True)
         self.scaler = torch.amp.GradScaler('cuda') if config.use_amp and config.amp_dtype == 'float16' else None
         self.state, self.parallel, self.total_steps, self.last_checkpoint = TrainingState(), parallel, None, None
         self.loss_module = parallel.wrap(self.sae) if parallel else None  # the SAE's loss in DistributedDataParallel
@@ -557,7 +557,7 @@ def step(self:SAETrainer, batch # a `Batch` or a [batch, input_dim] tensor, on t
         batch = Batch(*(t.pin_memory() if t is not None else None for t in batch._parts()))
     batch = batch.to(self.device, non_blocking=True)
     x = target_of(self.sae, batch)  # what the output should be: the metrics measure the prediction of this
-    lr = cfg.learning_rate * lr_factor(s.step, cfg.warmup_steps, cfg.lr_schedule, self.total_steps)
+    lr = cfg.peak_lr * lr_factor(s.step, cfg.warmup_for(self.total_steps), cfg.lr_schedule, self.total_steps)
     for g in self.optimizer.param_groups: g['lr'] = lr
     dead_mask = s.tokens_since_fired >= cfg.dead_feature_window if s.any_dead else None
     par = self.parallel
