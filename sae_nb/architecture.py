@@ -545,8 +545,20 @@ def init_b_dec(self:SparseAutoencoder, x:torch.Tensor, # [n, input_dim] a sample
     centre = (geometric_median(x.float()) if how == 'geometric_median' else x.float().mean(0) if how == 'mean'
               else torch.zeros(x.shape[-1]))
     self.b_dec.copy_(centre.to(self.b_dec))
-    if self.variant.data_init: self.variant.data_init(self, x if inputs is None else self.scale_input(inputs))
+    data_init = lambda: self.variant.data_init(self, x if inputs is None else self.scale_input(inputs))
+    if self.variant.data_init: data_init()
+    if not self.variant.transcodes and _fit_encoder_scale(self, x) and self.variant.data_init:
+        data_init()  # again: what it set from the pre-activations (JumpReLU's thresholds) scales with the encoder
     return self
+
+@torch.no_grad()
+def _fit_encoder_scale(sae, x): # x: [n, input_dim] in the SAE's scale
+    "Scale the encoder by the least-squares factor between the data and the first reconstruction (both centred)."
+    recon = sae.scale_input(sae(x / sae._scale).x_hat).float() - sae.b_dec.float()
+    centred = x.float() - sae.b_dec.float()
+    factor = (centred * recon).sum() / recon.pow(2).sum().clamp(min=1e-12)
+    if factor > 0: sae.W_enc *= factor
+    return factor > 0
 
 # %% ../nbs/02_architecture.ipynb #f3550107
 @patch

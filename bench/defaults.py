@@ -1,0 +1,122 @@
+"""What sae_nb's default training settings buy, measured on synthetic activations with a known dictionary.
+
+Run it in the project's environment (no peer library is needed):
+
+    python bench/defaults.py --out bench/defaults.json            # both tables
+    python bench/defaults.py --only lr --out bench/defaults.json  # one of them
+
+Every run trains a TopK SAE through `SAETrainer`, one pass, and is scored on held-out rows drawn after the training
+rows: FVU, dead % (latents that fire on none of the held-out rows) and recovery of the true dictionary
+(`dictionary_recovery`: mean over true atoms of the best |cos| with a learned atom). The data are
+`synthetic_activations` with as many true features as latents, `k` of them firing per token, Zipf frequencies
+(exponent 1), per-feature magnitudes log-uniform in [0.5, 2], an offset of norm 8 and noise of std 0.02: the data of
+`bench/quality.py`.
+
+1. `lr`: the default learning-rate rule (`default_learning_rate`) across sizes. For d in {384, 768}, latents in
+   {8×, 32×} and k in {16, 64}, the rule's learning rate times each of `--lr-multipliers`, everything else at its
+   default, `--lr-tokens` training rows. The rule holds where ×1 is the best or near it.
+2. `ablation`: d=384, 3072 latents, k=32, `--ablation-tokens` training rows. The defaults, then one choice changed at
+   a time: the decoder bias's initialisation, AuxK's weight and window, decoder normalisation, the learning rate and
+   warmup of the older defaults, the batch size, Adam's betas.
+
+The JSON is rewritten after every run, so an interrupted run keeps what it measured.
+"""
+import argparse, json, math, os, platform, tempfile, time
+from importlib.metadata import version
+
+import torch
+
+from sae_nb.config import SAEConfig, default_learning_rate
+from sae_nb.evaluation import dictionary_recovery
+from sae_nb.losses import fvu
+from sae_nb.testing import synthetic_activations
+from sae_nb.trainer import SAETrainer
+
+DATA = dict(power=1.0, noise=0.02, mean_norm=8.0, magnitude_range=(0.5, 2.0))
+SIZES = [(d, mult, k) for d in (384, 768) for mult in (8, 32) for k in (16, 64)]
+ABLATION = {  # label -> (config changes, Adam betas or None)
+    'defaults': ({}, None),
+    'b_dec at zero (not the geometric median)': ({'b_dec_init': 'zeros'}, None),
+    'b_dec at the mean': ({'b_dec_init': 'mean'}, None),
+    'no AuxK (auxk_coeff 0)': ({'auxk_coeff': 0.0}, None),
+    'AuxK 1/32, dead after 5 steps (20,480 tokens)': ({'dead_feature_window': 20480}, None),
+    'AuxK 1/2, dead after 5 steps': ({'dead_feature_window': 20480, 'auxk_coeff': 0.5}, None),
+    'decoder not renormalised (normalize_decoder_every huge)': ({'normalize_decoder_every': 10**9}, None),
+    'older defaults: lr 4e-4, warmup 100': ({'learning_rate': 4e-4, 'warmup_steps': 100}, None),
+    'no warmup': ({'warmup_steps': 0}, None),
+    'lr decays linearly to 0': ({'lr_schedule': 'linear'}, None),
+    'batch 1024 (lr by the rule)': ({'batch_size': 1024}, None),
+    'batch 16384 (lr by the rule)': ({'batch_size': 16384}, None),
+    'Adam betas (0.9, 0.99)': ({}, (0.9, 0.99)),
+    'Adam betas (0.0, 0.999)': ({}, (0.0, 0.999)),
+}
+
+
+def parse():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument('--only', choices=('lr', 'ablation'), default=None, help="run one table (default: both)")
+    p.add_argument('--lr-tokens', type=int, default=250_000, help="training rows of each run of the lr table")
+    p.add_argument('--lr-multipliers', type=float, nargs='+', default=(0.5, 1.0, 2.0))
+    p.add_argument('--ablation-tokens', type=int, default=1_000_000, help="training rows of each ablation run")
+    p.add_argument('--heldout', type=int, default=8192, help="held-out rows of every run")
+    p.add_argument('--seed', type=int, default=0, help="seed of the data")
+    p.add_argument('--out', default=None, help="write the result here as JSON (after every run)")
+    return p.parse_args()
+
+
+def benchmark(d, latents, k, tokens, heldout, seed):
+    "Training and held-out rows, and the true dictionary."
+    s = synthetic_activations(tokens + heldout, d, latents, k, keep_codes=False, chunk_tokens=8192, seed=seed, **DATA)
+    return s.x[:tokens], s.x[tokens:], s.dictionary
+
+
+def score(x, held, dictionary, changes:dict, betas=None) -> dict:
+    "Train on `x` with the defaults plus `changes`; held-out FVU, L0, dead %, recovery, the lr used and seconds."
+    cfg = SAEConfig(**{'input_dim': x.shape[1], 'eval_every': 0, 'checkpoint_every': 0,
+                       'checkpoint_dir': tempfile.mkdtemp(), **changes})
+    trainer = SAETrainer(cfg, progress=False)
+    if betas is not None:
+        for group in trainer.optimizer.param_groups: group['betas'] = betas
+    t = time.perf_counter(); trainer.train(x); seconds = time.perf_counter() - t
+    sae = trainer.sae.eval()
+    with torch.no_grad(): outs = [sae(b) for b in held.split(4096)]
+    x_hat, h = torch.cat([o.x_hat for o in outs]), torch.cat([o.h for o in outs])
+    rec = dictionary_recovery(sae.W_dec.detach(), dictionary)
+    return {'FVU': fvu(held, x_hat).item(), 'L0': (h > 0).sum(-1).float().mean().item(),
+            'dead %': 100 * (1 - (h > 0).any(0).float().mean().item()), 'recovery': rec['mean_max_cosine'],
+            'recovered > 0.9': rec['recovered_fraction'], 'peak lr': cfg.peak_lr,
+            'warmup steps': cfg.warmup_for(trainer.total_steps), 'steps': trainer.state.step, 'seconds': seconds}
+
+
+def main():
+    a = parse()
+    result = {'versions': {p: version(p) for p in ('sae_nb', 'torch')} | {'python': platform.python_version()},
+              'machine': f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads "
+                         f"{torch.get_num_threads()}",
+              'data': DATA | {'true features': 'as many as latents', 'heldout': a.heldout, 'seed': a.seed},
+              'lr': [], 'ablation': []}
+    def save():
+        if a.out:
+            with open(a.out + '.tmp', 'w') as f: f.write(json.dumps(result, indent=1) + '\n')
+            os.replace(a.out + '.tmp', a.out)
+    if a.only in (None, 'ablation'):
+        result['ablation settings'] = {'d': 384, 'latents': 3072, 'k': 32, 'tokens': a.ablation_tokens}
+        x, held, dictionary = benchmark(384, 3072, 32, a.ablation_tokens, a.heldout, a.seed)
+        for label, (changes, betas) in ABLATION.items():
+            row = {'change': label, **score(x, held, dictionary, {'expansion_factor': 8, 'k': 32, **changes}, betas)}
+            result['ablation'].append(row); save(); print(json.dumps(row), flush=True)
+    if a.only in (None, 'lr'):
+        result['lr settings'] = {'tokens': a.lr_tokens, 'multipliers': list(a.lr_multipliers)}
+        for d, mult, k in SIZES:
+            x, held, dictionary = benchmark(d, d * mult, k, a.lr_tokens, a.heldout, a.seed)
+            rule = default_learning_rate(SAEConfig(input_dim=d))
+            for m in a.lr_multipliers:
+                row = {'d': d, 'latents': d * mult, 'k': k, 'multiplier': m,
+                       **score(x, held, dictionary, {'expansion_factor': mult, 'k': k, 'learning_rate': rule * m})}
+                result['lr'].append(row); save(); print(json.dumps(row), flush=True)
+    result['load average'] = os.getloadavg()
+    save()
+
+
+if __name__ == '__main__':
+    main()
