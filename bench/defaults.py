@@ -16,8 +16,9 @@ rows: FVU, dead % (latents that fire on none of the held-out rows) and recovery 
    {8×, 32×} and k in {16, 64}, the rule's learning rate times each of `--lr-multipliers`, everything else at its
    default, `--lr-tokens` training rows. The rule holds where ×1 is the best or near it.
 2. `ablation`: d=384, 3072 latents, k=32, `--ablation-tokens` training rows. The defaults, then one choice changed at
-   a time: the decoder bias's initialisation, AuxK's weight and window, decoder normalisation, the learning rate and
-   warmup of the older defaults, the batch size, Adam's betas.
+   a time: the encoder's scaling to the first batch (done for ReLU-style SAEs, not for top-k), the decoder bias's
+   initialisation, AuxK's weight and window, decoder normalisation, the learning rate and warmup of the older
+   defaults, the learning-rate schedule, the batch size, Adam's betas (set on the trainer's optimizer).
 
 The JSON is rewritten after every run, so an interrupted run keeps what it measured.
 """
@@ -26,6 +27,7 @@ from importlib.metadata import version
 
 import torch
 
+from sae_nb.architecture import _fit_encoder_scale
 from sae_nb.config import SAEConfig, default_learning_rate
 from sae_nb.evaluation import dictionary_recovery
 from sae_nb.losses import fvu
@@ -34,8 +36,9 @@ from sae_nb.trainer import SAETrainer
 
 DATA = dict(power=1.0, noise=0.02, mean_norm=8.0, magnitude_range=(0.5, 2.0))
 SIZES = [(d, mult, k) for d in (384, 768) for mult in (8, 32) for k in (16, 64)]
-ABLATION = {  # label -> (config changes, Adam betas or None)
+ABLATION = {  # label -> (config changes, Adam betas or None[, True: the encoder scaled to the first batch])
     'defaults': ({}, None),
+    'encoder scaled to the first batch (as ReLU-style SAEs are)': ({}, None, True),
     'b_dec at zero (not the geometric median)': ({'b_dec_init': 'zeros'}, None),
     'b_dec at the mean': ({'b_dec_init': 'mean'}, None),
     'no AuxK (auxk_coeff 0)': ({'auxk_coeff': 0.0}, None),
@@ -70,13 +73,18 @@ def benchmark(d, latents, k, tokens, heldout, seed):
     return s.x[:tokens], s.x[tokens:], s.dictionary
 
 
-def score(x, held, dictionary, changes:dict, betas=None) -> dict:
+def score(x, held, dictionary, changes:dict, betas=None, scale_encoder=False) -> dict:
     "Train on `x` with the defaults plus `changes`; held-out FVU, L0, dead %, recovery, the lr used and seconds."
     cfg = SAEConfig(**{'input_dim': x.shape[1], 'eval_every': 0, 'checkpoint_every': 0,
                        'checkpoint_dir': tempfile.mkdtemp(), **changes})
     trainer = SAETrainer(cfg, progress=False)
     if betas is not None:
         for group in trainer.optimizer.param_groups: group['betas'] = betas
+    if scale_encoder:  # what init_b_dec does for ReLU-style variants, done for top-k too
+        sae, plain = trainer.sae, trainer.sae.init_b_dec
+        def init_b_dec(first, inputs=None):
+            plain(first, inputs); _fit_encoder_scale(sae, sae.scale_input(first)); return sae
+        sae.init_b_dec = init_b_dec
     t = time.perf_counter(); trainer.train(x); seconds = time.perf_counter() - t
     sae = trainer.sae.eval()
     with torch.no_grad(): outs = [sae(b) for b in held.split(4096)]
@@ -102,8 +110,8 @@ def main():
     if a.only in (None, 'ablation'):
         result['ablation settings'] = {'d': 384, 'latents': 3072, 'k': 32, 'tokens': a.ablation_tokens}
         x, held, dictionary = benchmark(384, 3072, 32, a.ablation_tokens, a.heldout, a.seed)
-        for label, (changes, betas) in ABLATION.items():
-            row = {'change': label, **score(x, held, dictionary, {'expansion_factor': 8, 'k': 32, **changes}, betas)}
+        for label, (changes, *how) in ABLATION.items():
+            row = {'change': label, **score(x, held, dictionary, {'expansion_factor': 8, 'k': 32, **changes}, *how)}
             result['ablation'].append(row); save(); print(json.dumps(row), flush=True)
     if a.only in (None, 'lr'):
         result['lr settings'] = {'tokens': a.lr_tokens, 'multipliers': list(a.lr_multipliers)}

@@ -547,7 +547,8 @@ def init_b_dec(self:SparseAutoencoder, x:torch.Tensor, # [n, input_dim] a sample
     self.b_dec.copy_(centre.to(self.b_dec))
     data_init = lambda: self.variant.data_init(self, x if inputs is None else self.scale_input(inputs))
     if self.variant.data_init: data_init()
-    if not self.variant.transcodes and _fit_encoder_scale(self, x) and self.variant.data_init:
+    scaled = not (self.variant.transcodes or self.variant.topk_style)  # see above: which variants are scaled
+    if scaled and _fit_encoder_scale(self, x) and self.variant.data_init:
         data_init()  # again: what it set from the pre-activations (JumpReLU's thresholds) scales with the encoder
     return self
 

@@ -17,8 +17,9 @@ from .trainer import benchmark_training
 from .sweep import Table
 
 # %% auto #0
-__all__ = ['machine', 'Timing', 'time_fn', 'peak_memory_mb', 'matmul_rate', 'flop_per_token', 'flop_limit', 'speed_table',
-           'plot_speed', 'side_by_side', 'settings_table', 'streaming_overhead']
+__all__ = ['QUALITY_COLUMNS', 'machine', 'Timing', 'time_fn', 'peak_memory_mb', 'matmul_rate', 'flop_per_token', 'flop_limit',
+           'speed_table', 'plot_speed', 'side_by_side', 'settings_table', 'quality_table', 'lr_rule_table',
+           'ablation_table', 'streaming_overhead']
 
 # %% ../nbs/08_benchmarks.ipynb #fb52cdcd
 def machine() -> str:
@@ -116,6 +117,36 @@ def settings_table(result:dict) -> Table:
     show = lambda d, k: str(d[k]) if k in d else '-'
     return Table([{'setting': k, 'sae_nb': show(nb, k), 'sparsify': show(flat, k)}
                   for k in list(nb) + [k for k in flat if k not in nb]])
+
+# %% ../nbs/08_benchmarks.ipynb #4806e3d7
+QUALITY_COLUMNS = ('library', 'held-out FVU', 'L0', 'dead %', 'recovery (mean max |cos|)', 'recovered > 0.9',
+                   'tokens/s')
+
+def quality_table(result:Union[str, Path, dict]='../bench/quality.json', # the script's output, or its path
+                 ) -> Table:
+    "Held-out FVU, L0, dead %, recovery of the true dictionary and speed of each library, from `bench/quality.py`."
+    r = result if isinstance(result, dict) else json.loads(Path(result).read_text())
+    return Table([{c: row[c] for c in QUALITY_COLUMNS if c in row} for row in r['rows']])
+
+# %% ../nbs/08_benchmarks.ipynb #97a00355
+def lr_rule_table(result:dict) -> Table:
+    "One row per size of `bench/defaults.py`'s lr table: held-out FVU and dead % at each multiple of the rule's lr."
+    rows = {}
+    for r in result['lr']:
+        row = rows.setdefault((r['d'], r['latents'], r['k']), {'d': r['d'], 'latents': r['latents'], 'k': r['k'],
+                                                               'rule lr': r['peak lr'] / r['multiplier']})
+        row[f"FVU ×{r['multiplier']:g}"], row[f"dead % ×{r['multiplier']:g}"] = r['FVU'], r['dead %']
+    for row in rows.values():
+        fvus = {k: v for k, v in row.items() if k.startswith('FVU ×')}
+        row['best'] = min(fvus, key=fvus.get).removeprefix('FVU ')
+    return Table(rows.values())
+
+def ablation_table(result:dict) -> Table:
+    "`bench/defaults.py`'s ablation, with each change's FVU and recovery against the defaults' row."
+    base = next(r for r in result['ablation'] if r['change'] == 'defaults')
+    return Table([{'change': r['change'], 'FVU': r['FVU'], 'Δ FVU': r['FVU'] - base['FVU'], 'dead %': r['dead %'],
+                   'recovery': r['recovery'], 'Δ recovery': r['recovery'] - base['recovery'],
+                   'peak lr': r['peak lr'], 'seconds': r['seconds']} for r in result['ablation']])
 
 # %% ../nbs/08_benchmarks.ipynb #b7590b51
 def streaming_overhead(model, tokenizer, texts:list, layer:int, cfg:SAEConfig, max_length:int=128) -> dict:

@@ -87,8 +87,8 @@ def sae_capture(model:str='smollm2', # a built-in model name, a folder, or a hub
 def sae_capture_main(): sys.exit(run_command(sae_capture))
 
 # %% ../nbs/05b_cli.ipynb #855be218
-SHORT_RUN = dict(max_epochs=3, learning_rate=1e-3, warmup_steps=10, batch_size=2048, log_every=10, eval_every=50,
-                 checkpoint_every=200) # the command line's run settings: a few minutes on a laptop CPU
+SHORT_RUN = dict(max_epochs=3, batch_size=2048, log_every=10, eval_every=50, checkpoint_every=200)
+# the command line's run settings: a few minutes on a laptop CPU; the learning rate and warmup by the default rules
 
 def _base_config(config:Optional[str], model:str) -> tuple:
     "The starting config and whether the user fixed its input_dim."

@@ -69,7 +69,7 @@ class SyntheticActivations:
 # %% ../nbs/00_testing.ipynb #99ab15ba
 def data_generator(seed:int) -> torch.Generator:
     "The generator synthetic data draws from: never the stream an SAE with `cfg.seed == seed` initialises from."
-    return torch.Generator().manual_seed(seed ^ 0x5EEDDA7A)  # SparseAutoencoder draws its decoder from manual_seed(seed)
+    return torch.Generator().manual_seed(seed ^ 0x5EEDDA7A)  # an SAE draws its decoder from manual_seed(seed)
 
 def _zipf(n:int, power:float) -> torch.Tensor: return (torch.arange(n) + 1.0) ** -power
 
@@ -100,7 +100,8 @@ def synthetic_activations(n_tokens:int=4096, # rows of activations
     if not 0 < mean_active <= n_features:
         raise ValueError(f"mean_active={mean_active} must be in (0, n_features={n_features}].")
     lo, hi = magnitude_range
-    if not 0 < lo <= hi: raise ValueError(f"magnitude_range={magnitude_range} must be (low, high) with 0 < low <= high.")
+    if not 0 < lo <= hi:
+        raise ValueError(f"magnitude_range={magnitude_range} must be (low, high) with 0 < low <= high.")
     g = data_generator(seed)
     dictionary = torch.randn(n_features, input_dim, generator=g)
     dictionary = dictionary / dictionary.norm(dim=-1, keepdim=True)
