@@ -19,7 +19,7 @@ from .sweep import Table
 # %% auto #0
 __all__ = ['QUALITY_COLUMNS', 'machine', 'Timing', 'time_fn', 'peak_memory_mb', 'matmul_rate', 'flop_per_token', 'flop_limit',
            'speed_table', 'plot_speed', 'side_by_side', 'settings_table', 'quality_table', 'lr_rule_table',
-           'ablation_table', 'streaming_overhead']
+           'ablation_table', 'plot_lr_rule', 'streaming_overhead']
 
 # %% ../nbs/08_benchmarks.ipynb #fb52cdcd
 def machine() -> str:
@@ -147,6 +147,19 @@ def ablation_table(result:dict) -> Table:
     return Table([{'change': r['change'], 'FVU': r['FVU'], 'Δ FVU': r['FVU'] - base['FVU'], 'dead %': r['dead %'],
                    'recovery': r['recovery'], 'Δ recovery': r['recovery'] - base['recovery'],
                    'peak lr': r['peak lr'], 'seconds': r['seconds']} for r in result['ablation']])
+
+# %% ../nbs/08_benchmarks.ipynb #a859fd71
+def plot_lr_rule(result:dict, axes=None):
+    "Held-out FVU and dead % against the multiple of the rule's learning rate, one line per size."
+    if axes is None: axes = plt.subplots(1, 2, figsize=(10, 3.5))[1]
+    for row in lr_rule_table(result):
+        ms = sorted(float(k.removeprefix('FVU ×')) for k in row if k.startswith('FVU ×'))
+        label = f"d={row['d']}, {row['latents']:,} latents, k={row['k']}"
+        for ax, what in zip(axes, ('FVU', 'dead %')): ax.plot(ms, [row[f"{what} ×{m:g}"] for m in ms], 'o-', label=label)
+    for ax, what in zip(axes, ('held-out FVU', 'dead latents (%)')):
+        ax.set(xscale='log', xlabel="learning rate / the rule's", ylabel=what); ax.axvline(1, color='grey', lw=0.5)
+    axes[1].legend(fontsize=7)
+    return axes
 
 # %% ../nbs/08_benchmarks.ipynb #b7590b51
 def streaming_overhead(model, tokenizer, texts:list, layer:int, cfg:SAEConfig, max_length:int=128) -> dict:
