@@ -60,6 +60,8 @@ def parse():
     p.add_argument('--only', choices=('lr', 'ablation'), default=None, help="run one table (default: both)")
     p.add_argument('--lr-tokens', type=int, default=250_000, help="training rows of each run of the lr table")
     p.add_argument('--lr-multipliers', type=float, nargs='+', default=(0.5, 1.0, 2.0))
+    p.add_argument('--sizes', nargs='+', default=None, metavar='D:MULT',
+                   help="only these sizes of the lr table, e.g. 768:32 or 768:32:64 (default: all)")
     p.add_argument('--ablation-tokens', type=int, default=1_000_000, help="training rows of each ablation run")
     p.add_argument('--heldout', type=int, default=8192, help="held-out rows of every run")
     p.add_argument('--seed', type=int, default=0, help="seed of the data")
@@ -116,6 +118,7 @@ def main():
     if a.only in (None, 'lr'):
         result['lr settings'] = {'tokens': a.lr_tokens, 'multipliers': list(a.lr_multipliers)}
         for d, mult, k in SIZES:
+            if a.sizes and not {f"{d}:{mult}", f"{d}:{mult}:{k}"} & set(a.sizes): continue
             x, held, dictionary = benchmark(d, d * mult, k, a.lr_tokens, a.heldout, a.seed)
             rule = default_learning_rate(SAEConfig(input_dim=d))
             for m in a.lr_multipliers:

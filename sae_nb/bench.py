@@ -155,7 +155,8 @@ def plot_lr_rule(result:dict, axes=None):
     for row in lr_rule_table(result):
         ms = sorted(float(k.removeprefix('FVU ×')) for k in row if k.startswith('FVU ×'))
         label = f"d={row['d']}, {row['latents']:,} latents, k={row['k']}"
-        for ax, what in zip(axes, ('FVU', 'dead %')): ax.plot(ms, [row[f"{what} ×{m:g}"] for m in ms], 'o-', label=label)
+        for ax, what in zip(axes, ('FVU', 'dead %')):
+            ax.plot(ms, [row[f"{what} ×{m:g}"] for m in ms], 'o-', label=label)
     for ax, what in zip(axes, ('held-out FVU', 'dead latents (%)')):
         ax.set(xscale='log', xlabel="learning rate / the rule's", ylabel=what); ax.axvline(1, color='grey', lw=0.5)
     axes[1].legend(fontsize=7)
