@@ -60,7 +60,7 @@ class SyntheticActivations:
     parents: Optional[torch.Tensor] = None # [n_features] each feature's parent feature (-1: none); None: no hierarchy
 
     def _repr_markdown_(self):
-        l0 = (self.codes > 0).sum(-1).float().mean().item()
+        l0 = (self.codes > 0).sum(-1).float().mean().item() if self.codes is not None else self.frequencies.sum().item()
         tree = '' if self.parents is None else (f", {int((self.parents < 0).sum())} parents with "
                                                 f"{int((self.parents >= 0).sum())} children")
         return (f"**SyntheticActivations**: {self.x.shape[0]:,} tokens × {self.x.shape[1]} dims, "
