@@ -17,8 +17,9 @@ rows: FVU, dead % (latents that fire on none of the held-out rows) and recovery 
    default, `--lr-tokens` training rows. The rule holds where ×1 is the best or near it.
 2. `ablation`: d=384, 3072 latents, k=32, `--ablation-tokens` training rows. The defaults, then one choice changed at
    a time: the encoder's scaling to the first batch (done for ReLU-style SAEs, not for top-k), the decoder bias's
-   initialisation, AuxK's weight and window, decoder normalisation, the learning rate and warmup of the older
-   defaults, the learning-rate schedule, the batch size, Adam's betas (set on the trainer's optimizer).
+   initialisation, AuxK's weight, latents per token and window (and its settings before the defaults changed),
+   decoder normalisation, the learning rate and warmup of the older defaults, the learning-rate schedule (linear,
+   wsd), the batch size, Adam's betas (set on the trainer's optimizer).
 
 The JSON is rewritten after every run, so an interrupted run keeps what it measured.
 """
@@ -36,18 +37,27 @@ from sae_nb.trainer import SAETrainer
 
 DATA = dict(power=1.0, noise=0.02, mean_norm=8.0, magnitude_range=(0.5, 2.0))
 SIZES = [(d, mult, k) for d in (384, 768) for mult in (8, 32) for k in (16, 64)]
+OLD_AUXK = {'auxk_window': 1_000_000, 'auxk_coeff': 1 / 32, 'k_aux': 192}  # AuxK's settings before the defaults changed
 ABLATION = {  # label -> (config changes, Adam betas or None[, True: the encoder scaled to the first batch])
     'defaults': ({}, None),
     'encoder scaled to the first batch (as ReLU-style SAEs are)': ({}, None, True),
     'b_dec at zero (not the geometric median)': ({'b_dec_init': 'zeros'}, None),
     'b_dec at the mean': ({'b_dec_init': 'mean'}, None),
     'no AuxK (auxk_coeff 0)': ({'auxk_coeff': 0.0}, None),
-    'AuxK 1/32, dead after 5 steps (20,480 tokens)': ({'dead_feature_window': 20480}, None),
-    'AuxK 1/2, dead after 5 steps': ({'dead_feature_window': 20480, 'auxk_coeff': 0.5}, None),
+    'AuxK as before: weight 1/32, 192 latents, after 1M silent tokens': (OLD_AUXK, None),
+    'AuxK weight 1/32': ({'auxk_coeff': 1 / 32}, None),
+    'AuxK weight 1/8': ({'auxk_coeff': 1 / 8}, None),
+    'AuxK weight 1': ({'auxk_coeff': 1.0}, None),
+    'AuxK with 192 latents per token (input_dim / 2)': ({'k_aux': 192}, None),
+    'AuxK after 2 silent batches (8,192 tokens)': ({'auxk_window': 8192}, None),
+    'AuxK after 5 silent batches (20,480 tokens)': ({'auxk_window': 20480}, None),
     'decoder not renormalised (normalize_decoder_every huge)': ({'normalize_decoder_every': 10**9}, None),
-    'older defaults: lr 4e-4, warmup 100': ({'learning_rate': 4e-4, 'warmup_steps': 100}, None),
+    'older defaults: lr 4e-4, warmup 100, AuxK as before': ({'learning_rate': 4e-4, 'warmup_steps': 100, **OLD_AUXK},
+                                                            None),
     'no warmup': ({'warmup_steps': 0}, None),
     'lr decays linearly to 0': ({'lr_schedule': 'linear'}, None),
+    'lr wsd: constant, then decays to 0 over the last 30%': ({'lr_schedule': 'wsd'}, None),
+    'lr wsd over the last 10%': ({'lr_schedule': 'wsd', 'decay_fraction': 0.1}, None),
     'batch 1024 (lr by the rule)': ({'batch_size': 1024}, None),
     'batch 16384 (lr by the rule)': ({'batch_size': 16384}, None),
     'Adam betas (0.9, 0.99)': ({}, (0.9, 0.99)),

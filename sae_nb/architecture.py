@@ -39,6 +39,7 @@ class Encoded(NamedTuple):
     top_vals: Optional[torch.Tensor] = None # [batch, k] values of the active latents (top-k style only)
     top_idx: Optional[torch.Tensor] = None # [batch, k] their indices
     groups: Optional[tuple] = None # sparse paths: `kernels.group_by_latent(top_idx)`, shared by both backward passes
+    aux: Optional[tuple] = None # sparse paths, in training: AuxK's pick among the dead latents (pre-acts, indices)
 
 @dataclass(frozen=True)
 class Variant:
@@ -47,7 +48,7 @@ class Variant:
     setup: Optional[Callable] = None # (sae) -> None: add the variant's own parameters or buffers
     data_init: Optional[Callable] = None # (sae, x [n, input_dim] scaled) -> None: set them from data (`init_b_dec`)
     sparsity: Optional[Callable] = None # (sae, pre, h, sigma) -> scalar penalty, or None if sparsity is structural
-    encode_sparse: Optional[Callable] = None # (sae, x) -> Encoded with no dense pre-activations (kernels sparse/triton)
+    encode_sparse: Optional[Callable] = None # (sae, x, dead_mask) -> Encoded, no dense pre-activations (sparse/triton)
     losses: Optional[Callable] = None # (sae, x, x_hat, h, **context) -> {name: (weight, scalar)}: terms of its own
     settings: Optional[type] = None # a dataclass of its own settings, given as `SAEConfig.variant_settings`
     topk_style: bool = False # keeps k latents per token: k must fit in latent_dim, and AuxK revives dead latents
@@ -92,9 +93,10 @@ class SAEOutput:
                  pre_acts:Optional[torch.Tensor], # [batch, latent_dim] before the activation (None on the sparse paths)
                  top_vals:Optional[torch.Tensor]=None, # [batch, k] top-k style: active values
                  top_idx:Optional[torch.Tensor]=None, # [batch, k] top-k style: active indices
-                 latent_dim:Optional[int]=None): # needed when `h` is None
+                 latent_dim:Optional[int]=None, # needed when `h` is None
+                 aux:Optional[tuple]=None): # sparse paths: AuxK's dead latents, picked in the same encoder pass
         self.x_hat, self._h, self.pre_acts = x_hat, h, pre_acts
-        self.top_vals, self.top_idx, self._latent_dim = top_vals, top_idx, latent_dim
+        self.top_vals, self.top_idx, self._latent_dim, self.aux = top_vals, top_idx, latent_dim, aux
 
     @property
     def h(self) -> torch.Tensor:
@@ -161,13 +163,14 @@ def _check_width(sae, x):
 
 # %% ../nbs/02_architecture.ipynb #dbbccd42
 @patch
-def encode_full(self:SparseAutoencoder, x:torch.Tensor # [batch, input_dim]
+def encode_full(self:SparseAutoencoder, x:torch.Tensor, # [batch, input_dim]
+                dead_mask:Optional[torch.Tensor]=None, # [latent_dim] bool: the sparse paths also pick AuxK's latents
                ) -> tuple:
     "Pre-activations `[batch, latent_dim]` (None on the sparse paths) and `Encoded` latents of `x`."
     _check_width(self, x)
     x = self.scale_input(x)
     if self.variant.encode_sparse and self.cfg.kernels != 'autograd':
-        return None, self.variant.encode_sparse(self, x)
+        return None, self.variant.encode_sparse(self, x, dead_mask)
     pre = _pre_acts(self, x)
     return pre, self.variant.encode(self, pre)
 
@@ -199,10 +202,11 @@ def dense_decode(top_vals, top_idx, W_dec):
 
 # %% ../nbs/02_architecture.ipynb #03693594
 @patch
-def forward(self:SparseAutoencoder, x:torch.Tensor # [batch, input_dim]
+def forward(self:SparseAutoencoder, x:torch.Tensor, # [batch, input_dim]
+            dead_mask:Optional[torch.Tensor]=None, # [latent_dim] bool: the dead latents AuxK may use (training)
            ) -> SAEOutput:
     "Encode and decode `x`; top-k decodes sparsely when `cfg.sparse_decode` (by Triton when `cfg.kernels='triton'`)."
-    pre, enc = self.encode_full(x)
+    pre, enc = self.encode_full(x, dead_mask)
     if enc.top_idx is not None and (self.cfg.sparse_decode or enc.h is None):
         if self.cfg.kernels == 'autograd': x_hat = sparse_decode(enc.top_vals, enc.top_idx, self.W_dec)
         else:
@@ -211,7 +215,7 @@ def forward(self:SparseAutoencoder, x:torch.Tensor # [batch, input_dim]
         x_hat = self.unscale_output(x_hat + self.b_dec)
     else: x_hat = self.decode(enc.h)
     if self.variant.skip: x_hat = x_hat + self.variant.skip(self, x)  # on the raw input: input_scale cancels out
-    return SAEOutput(x_hat, enc.h, pre, enc.top_vals, enc.top_idx, self.cfg.latent_dim)
+    return SAEOutput(x_hat, enc.h, pre, enc.top_vals, enc.top_idx, self.cfg.latent_dim, enc.aux)
 
 # %% ../nbs/02_architecture.ipynb #f7793d11
 def l1_sparsity(sae, pre, h, sigma=1.0): # sigma: the batch's spread, `batch_variance(x).sqrt()`
@@ -238,18 +242,25 @@ def scatter_latents(vals, idx, latent_dim):
     "Dense `[batch, latent_dim]` latents from top-k values and indices."
     return torch.zeros(vals.shape[0], latent_dim, dtype=vals.dtype, device=vals.device).scatter(1, idx, vals)
 
-def topk_encode_sparse(sae, x):
+def topk_encode_sparse(sae, x, dead_mask=None):
     "The top-k latents of `x` with the sparse encoder backward of `02a_kernels`; no dense latents."
-    vals, idx, groups = sparse_topk_encode(x, sae.W_enc, sae.b_enc, sae.b_dec, sae.cfg.k,
-                                           use_triton=sae.cfg.kernels == 'triton')
-    return Encoded(None, vals, idx, groups)
+    c = sae.cfg
+    dead = dead_mask.nonzero().squeeze(1) if dead_mask is not None and c.auxk_coeff else None
+    if dead is not None and len(dead) == 0: dead = None
+    vals, idx, groups, *aux = sparse_topk_encode(x, sae.W_enc, sae.b_enc, sae.b_dec, c.k, c.kernels == 'triton',
+                                                 among=dead, k_among=c.aux_k)
+    # AuxK's pick of the dead latents, from the same encoder pass, and its weight min(dead / k_aux, 1)
+    return Encoded(None, vals, idx, groups, (*aux[0], min(len(dead) / c.aux_k, 1.0)) if aux else None)
 
-def auxk_terms(sae, x, x_hat, h, *, pre_acts=None, dead_mask=None, **context):
+def auxk_terms(sae, x, x_hat, h, *, pre_acts=None, dead_mask=None, out=None, **context):
     "AuxK (Gao et al. 2024, §A.2): the top dead latents reconstruct the residual, once some latent is dead."
     c = sae.cfg
     if dead_mask is None or not c.auxk_coeff: return {}
     if pre_acts is not None:
         return {'auxk_loss': (c.auxk_coeff, auxk_loss(x, x_hat, pre_acts, dead_mask, sae.W_dec, c.aux_k))}
+    if out is not None and out.aux is not None:  # the sparse forward picked them (it was given the dead latents)
+        vals, idx, weight = out.aux
+        return {'auxk_loss': (c.auxk_coeff, auxk_residual_loss(x, x_hat, vals, idx, sae.W_dec, weight))}
     if sae.variant.encode_sparse: return {'auxk_loss': (c.auxk_coeff, sparse_auxk_loss(sae, x, x_hat, dead_mask))}
     return {}
 
@@ -595,7 +606,7 @@ def folded(self:SparseAutoencoder) -> SparseAutoencoder:
 
 # %% ../nbs/02_architecture.ipynb #54d8c713
 def sparse_auxk_loss(sae:SparseAutoencoder, x, x_hat, dead_mask) -> torch.Tensor:
-    "`auxk_loss` for the sparse paths: only the dead latents' pre-activations are computed, with the sparse backward."
+    "`auxk_loss` on the sparse paths for a forward that was not given `dead_mask`: the dead latents' products again."
     dead = dead_mask.nonzero().squeeze(1)
     if len(dead) == 0: return x.new_zeros(())
     k_aux = sae.cfg.aux_k

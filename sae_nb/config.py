@@ -14,10 +14,10 @@ import torch
 from fastcore.basics import patch
 
 # %% auto #0
-__all__ = ['WARMUP_FRACTION', 'RETIRED', 'PRESETS', 'normal_permissions', 'atomic_path', 'atomic_write_text', 'ConfigError',
-           'variants', 'setting', 'field_help', 'default_learning_rate', 'SAEConfig', 'pick_device', 'preset_config',
-           'gpt2_sae_config', 'gpt2_medium_sae_config', 'pythia_1_4b_sae_config', 'smollm2_sae_config',
-           'minilm_sae_config']
+__all__ = ['WARMUP_FRACTION', 'DECAY_FRACTION', 'AUXK_FIRINGS', 'RETIRED', 'PRESETS', 'normal_permissions', 'atomic_path',
+           'atomic_write_text', 'ConfigError', 'variants', 'setting', 'field_help', 'default_learning_rate',
+           'SAEConfig', 'pick_device', 'preset_config', 'gpt2_sae_config', 'gpt2_medium_sae_config',
+           'pythia_1_4b_sae_config', 'smollm2_sae_config', 'minilm_sae_config']
 
 # %% ../nbs/01_config.ipynb #6ec1a47c
 def _umask() -> int:
@@ -69,6 +69,8 @@ def field_help(cls) -> dict:
 
 # %% ../nbs/01_config.ipynb #da173916
 WARMUP_FRACTION = 0.05 # the default warmup: this share of the run's steps
+DECAY_FRACTION = 0.3 # wsd decays the learning rate over this share of the run's last steps
+AUXK_FIRINGS = 40 # AuxK's default window: the tokens a latent of mean rate takes to fire this many times
 
 def default_learning_rate(cfg) -> float:
     "Adam's peak learning rate when `learning_rate` is None: 0.08/√input_dim, × √(batch_size/4096)."
@@ -108,8 +110,12 @@ class SAEConfig:
     probe_loss_coeff:float = setting(0.0, "weight of the probe's cross-entropy (needs probe_classes ≥ 2)")
     temporal_smoothness_coeff:float = setting(0.0, "weight of the penalty on latents changing between adjacent tokens "
                                               "(needs run_length ≥ 2)")
-    auxk_coeff:float = setting(1/32, "topk: weight of the AuxK loss that revives dead latents (Gao et al. 2024, §A.2)")
-    k_aux:Optional[int] = setting(None, "dead latents AuxK may use per token (None: input_dim // 2)")
+    auxk_coeff:float = setting(0.5, "topk: weight of the AuxK loss that revives dead latents (Gao et al. 2024, §A.2, "
+                               "who use 1/32 over a 10M-token window)")
+    k_aux:Optional[int] = setting(None, "dead latents AuxK may use per token (None: k)")
+    auxk_window:Optional[int] = setting(None, "topk: AuxK trains the latents that have not fired in this many tokens "
+                                        "(None: as long as a latent of mean rate takes to fire 40 times, and at "
+                                        "least batch_size × run_length; see auxk_after)")
     # optimisation
     learning_rate:Optional[float] = setting(None, "Adam's peak learning rate (None: the default rule, "
                                             "0.08/√input_dim × √(batch_size/4096); see default_learning_rate)")
@@ -118,7 +124,10 @@ class SAEConfig:
     max_steps:Optional[int] = setting(None, "stop after this many steps (None: run all epochs)")
     warmup_steps:Optional[int] = setting(None, "steps of linear learning-rate warmup (None: 5% of the run's steps, "
                                          "or 100 when its length is unknown)")
-    lr_schedule:str = setting('constant', "after warmup: constant, linear (decay to 0) or cosine")
+    lr_schedule:str = setting('constant', "after warmup: constant; linear or cosine (decay to 0 over the rest of "
+                              "the run); wsd (constant, then a linear decay to 0 over its last decay_fraction)")
+    decay_fraction:float = setting(DECAY_FRACTION, "wsd: the share of the run's steps, at its end, over which the "
+                                   "learning rate falls to 0")
     grad_clip:Optional[float] = setting(1.0, "clip the gradient norm to this (None: no clipping)")
     use_amp:bool = setting(False, "mixed precision: autocast the forward pass to amp_dtype")
     amp_dtype:str = setting('bfloat16', "bfloat16 or float16 (float16 only on CUDA, with a gradient scaler)")
@@ -158,7 +167,15 @@ class SAEConfig:
     @property
     def latent_dim(self) -> int: return round(self.input_dim * self.expansion_factor)
     @property
-    def aux_k(self) -> int: return self.k_aux if self.k_aux is not None else max(1, self.input_dim // 2)
+    def aux_k(self) -> int: return self.k_aux if self.k_aux is not None else self.k
+    @property
+    def auxk_after(self) -> int:
+        "Tokens without firing after which AuxK trains a latent: `auxk_window`, or the default rule's if None."
+        if self.auxk_window is not None: return self.auxk_window
+        # a latent firing at the mean rate (k per token over latent_dim latents) misses AUXK_FIRINGS expected firings
+        # with odds e^-40: one silent that long is failing. A batch of runs of adjacent tokens holds fewer texts, so
+        # a live latent may rightly miss one: at least batch_size × run_length.
+        return max(self.batch_size * self.run_length, math.ceil(AUXK_FIRINGS * self.latent_dim / self.k))
     @property
     def variant(self):
         "The variant's own settings, defaults filled in (None for a variant without settings)."
@@ -237,7 +254,7 @@ def _validate(cfg):
     _need(cfg.temporal_smoothness_coeff == 0 or cfg.run_length >= 2, cfg, 'run_length',
           "temporal smoothness (temporal_smoothness_coeff > 0) needs batches with adjacent tokens: set "
           "run_length ≥ 2, e.g. 16")
-    for name in ('k_aux', 'max_steps', 'early_stopping_patience'):
+    for name in ('k_aux', 'auxk_window', 'max_steps', 'early_stopping_patience'):
         _need(getattr(cfg, name) is None or getattr(cfg, name) >= 1, cfg, name, "it must be None or at least 1")
     for name in ('batch_size', 'max_epochs', 'dead_feature_window', 'text_batch_size', 'log_every',
                  'normalize_decoder_every', 'keep_checkpoints'):
@@ -246,7 +263,10 @@ def _validate(cfg):
     for name in ('checkpoint_every', 'eval_every', 'eval_tokens', 'resample_dead_every'):
         _need(getattr(cfg, name) >= 0, cfg, name, "it must be ≥ 0")
     _need(cfg.grad_clip is None or cfg.grad_clip > 0, cfg, 'grad_clip', "it must be None or > 0")
-    _one_of(cfg, 'lr_schedule', ('constant', 'linear', 'cosine'))
+    _one_of(cfg, 'lr_schedule', ('constant', 'linear', 'cosine', 'wsd'))
+    _need(0 < cfg.decay_fraction <= 1, cfg, 'decay_fraction', "it must be in (0, 1]")
+    _need(cfg.decay_fraction == DECAY_FRACTION or cfg.lr_schedule == 'wsd', cfg, 'decay_fraction',
+          f"only the wsd schedule reads it: set lr_schedule='wsd', or leave decay_fraction at {DECAY_FRACTION}")
     _one_of(cfg, 'amp_dtype', ('bfloat16', 'float16'))
     _one_of(cfg, 'kernels', ('autograd', 'sparse', 'triton'))
     _one_of(cfg, 'wandb_mode', ('offline', 'online', 'disabled'))

@@ -26,21 +26,30 @@ def topk_select(x:torch.Tensor, # [batch, input_dim]
                 b_dec:torch.Tensor, # [input_dim]
                 k:int, # active latents per token
                 chunk:int|None=None, # rows per chunk (None: `chunk_rows`)
-               ) -> tuple: # values [batch, k] before the ReLU, indices [batch, k]
-    "The k largest pre-activations of each row of `x` and their indices, without a graph."
+                among:torch.Tensor|None=None, # [n] latents (e.g. the dead ones) to pick a second top-k from
+                k_among:int=0, # how many of `among` per row
+               ) -> tuple: # values [batch, k] before the ReLU and indices [batch, k]; then those of `among`
+    "The k largest pre-activations of each row of `x` and their indices, without a graph; also among some latents."
     W_enc = W_enc.to(x.dtype)  # a no-op unless autocast handed a lower-precision x
     bias = b_enc.to(x.dtype) - b_dec.to(x.dtype) @ W_enc
     chunk = min(chunk or chunk_rows(W_enc.shape[1], x.device), len(x))
-    if chunk == len(x): return (x @ W_enc).add_(bias).topk(k, dim=-1, sorted=False)  # under autocast, in its precision
+    def second(p):  # from the same pre-activations: the second selection costs no product
+        v, j = p.index_select(1, among).topk(min(k_among, len(among)), dim=-1, sorted=False)
+        return v, among[j]
+    if chunk == len(x):  # one product, under autocast in its precision
+        p = (x @ W_enc).add_(bias)
+        return (*p.topk(k, dim=-1, sorted=False), *(second(p) if among is not None else ()))
     vals = torch.empty(len(x), k, dtype=x.dtype, device=x.device)
     idx = torch.empty(len(x), k, dtype=torch.long, device=x.device)
     pre = torch.empty(chunk, W_enc.shape[1], dtype=x.dtype, device=x.device)  # reused by every chunk
+    seconds = []
     for s in range(0, len(x), chunk):
         rows = x[s:s + chunk]
         # faster than addmm, which first copies the bias into every row
         p = torch.mm(rows, W_enc, out=pre[:len(rows)]).add_(bias)
         torch.topk(p, k, dim=-1, sorted=False, out=(vals[s:s + chunk], idx[s:s + chunk]))
-    return vals, idx
+        if among is not None: seconds.append(second(p))
+    return (vals, idx, *(torch.cat(t) for t in zip(*seconds)))
 
 # %% ../nbs/02a_kernels.ipynb #732c3bad
 class ByLatent(NamedTuple):
@@ -109,13 +118,18 @@ def encode_at(vals:torch.Tensor, # [batch, k] pre-activations at `idx`, computed
     "Attach the sparse encoder gradient to pre-activation values computed elsewhere."
     return _EncodeAt.apply(vals, idx, x, W_enc, b_enc, b_dec, use_triton, groups)
 
-def sparse_topk_encode(x, W_enc, b_enc, b_dec, k:int, use_triton:bool=False) -> tuple:
+def sparse_topk_encode(x, W_enc, b_enc, b_dec, k:int, use_triton:bool=False,
+                       among:torch.Tensor|None=None, k_among:int=0, # a second selection, as `topk_select`'s
+                      ) -> tuple:
     "Top-k latents of `x`: values after the ReLU, indices (each [batch, k]) and, when training, their `ByLatent`."
-    pre_vals, idx = topk_select(x, W_enc, b_enc, b_dec, k)
+    pre_vals, idx, *second = topk_select(x, W_enc, b_enc, b_dec, k, among=among, k_among=k_among)
     training = torch.is_grad_enabled() and W_enc.requires_grad
     # shared by the decoder's backward and the encoder's
     groups = group_by_latent(idx, W_enc.shape[1]) if training else None
-    return F.relu(encode_at(pre_vals, idx, x, W_enc, b_enc, b_dec, use_triton, groups)), idx, groups
+    top = F.relu(encode_at(pre_vals, idx, x, W_enc, b_enc, b_dec, use_triton, groups)), idx, groups
+    if not second: return top
+    # the second selection's pre-activations (before any ReLU), with their own sparse gradient
+    return *top, (encode_at(second[0], second[1], x, W_enc, b_enc, b_dec, use_triton), second[1])
 
 # %% ../nbs/02a_kernels.ipynb #8195c991
 class _SparseDecode(torch.autograd.Function):

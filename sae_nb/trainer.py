@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from fastcore.basics import patch
 from tqdm.auto import tqdm
 
-from .config import SAEConfig, ConfigError, pick_device, normal_permissions
+from .config import SAEConfig, ConfigError, pick_device, normal_permissions, DECAY_FRACTION
 from .architecture import SparseAutoencoder, CheckpointError, LOSS_NAMES, _safe_torch_load
 from .losses import fvu, probe_loss
 from .data import ActivationSource, InMemoryActivations, Batch, Captured, as_batch, activation_scale
@@ -29,8 +29,9 @@ __all__ = ['CORE_METRICS', 'ARCHITECTURE_FIELDS', 'BENCH_SCRIPT', 'lr_factor', '
 
 # %% ../nbs/05_trainer.ipynb #2771bbbd
 def lr_factor(step:int, # 0-based step
-              warmup_steps:int, schedule:str, # 'constant', 'linear' or 'cosine'
+              warmup_steps:int, schedule:str, # 'constant', 'linear', 'cosine' or 'wsd'
               total_steps:Optional[int], # length of the run; needed by the decaying schedules
+              decay_fraction:float=DECAY_FRACTION, # wsd: the share of the run, at its end, that decays
              ) -> float:
     "The multiplier of the peak learning rate at `step`."
     if step < warmup_steps: return (step + 1) / warmup_steps
@@ -38,8 +39,10 @@ def lr_factor(step:int, # 0-based step
     if not total_steps:
         raise ConfigError(f"lr_schedule={schedule!r} decays over the run, but its length is unknown (streamed data): "
                           f"set max_steps.")
-    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-    return 1.0 - progress if schedule == 'linear' else 0.5 * (1.0 + math.cos(math.pi * progress))
+    start = max(warmup_steps, total_steps - math.ceil(decay_fraction * total_steps)) if schedule == 'wsd' \
+            else warmup_steps
+    progress = min(1.0, max(0, step - start) / max(1, total_steps - start))
+    return 0.5 * (1.0 + math.cos(math.pi * progress)) if schedule == 'cosine' else 1.0 - progress
 
 # %% ../nbs/05_trainer.ipynb #8faddb48
 @dataclass
@@ -144,7 +147,7 @@ def sae_loss(sae, batch:Batch, dead_mask:Optional[torch.Tensor], # [latent_dim] 
             ) -> tuple:
     "The forward output, the loss terms, their total, and what to back-propagate (with the probe's own fit)."
     fit_probe = sae.probe is not None and batch.labels is not None
-    out = sae(batch.acts)
+    out = sae(batch.acts, dead_mask)  # given the dead latents, a sparse top-k encoder also picks AuxK's
     h = out.h if sae.needs_dense_latents() or fit_probe else None  # top-k losses alone never read the dense latents
     # what the output should be (the input itself, or a transcoder's target), in the SAE's own scale, as the losses
     x, x_hat = sae.scale_input(target_of(sae, batch)), sae.scale_input(out.x_hat.float())
@@ -363,6 +366,10 @@ class SAETrainer:
     def history(self) -> dict: return self.state.history
     @property
     def dead_timeline(self) -> list: return list(zip(self.history['step'], self.history['dead_features']))
+    @property
+    def revive_window(self) -> int:
+        "Tokens without firing after which the loss works on a latent: AuxK's (top-k), else `dead_feature_window`."
+        return self.cfg.auxk_after if self.sae.variant.topk_style else self.cfg.dead_feature_window
     def _emit(self, event, *args):
         for cb in self.callbacks: getattr(cb, event)(self, *args)
 
@@ -557,9 +564,11 @@ def step(self:SAETrainer, batch # a `Batch` or a [batch, input_dim] tensor, on t
         batch = Batch(*(t.pin_memory() if t is not None else None for t in batch._parts()))
     batch = batch.to(self.device, non_blocking=True)
     x = target_of(self.sae, batch)  # what the output should be: the metrics measure the prediction of this
-    lr = cfg.peak_lr * lr_factor(s.step, cfg.warmup_for(self.total_steps), cfg.lr_schedule, self.total_steps)
+    total = self.total_steps
+    lr = cfg.peak_lr * lr_factor(s.step, cfg.warmup_for(total), cfg.lr_schedule, total, cfg.decay_fraction)
     for g in self.optimizer.param_groups: g['lr'] = lr
-    dead_mask = s.tokens_since_fired >= cfg.dead_feature_window if s.any_dead else None
+    window = self.revive_window
+    dead_mask = s.tokens_since_fired >= window if s.any_dead else None
     par = self.parallel
     out, terms, total = train_step(self.sae, self.optimizer, batch, dead_mask, self._autocast, self.scaler,
                                    self.loss_module, par.global_stats if par else None)
@@ -569,8 +578,8 @@ def step(self:SAETrainer, batch # a `Batch` or a [batch, input_dim] tensor, on t
         par.average_buffers(self.sae)  # running statistics (BatchTopK's threshold) over every process's tokens
     s.step, s.tokens_seen, self._steps_since_log = s.step + 1, s.tokens_seen + n, self._steps_since_log + 1
     s.tokens_since_fired = update_dead_counters(s.tokens_since_fired, fired, n)
-    if s.step % max(1, min(cfg.log_every, cfg.dead_feature_window // n)) == 0:  # the one sync for dead latents
-        s.any_dead = bool((s.tokens_since_fired >= cfg.dead_feature_window).any())
+    if s.step % max(1, min(cfg.log_every, window // n)) == 0:  # the one sync for dead latents
+        s.any_dead = bool((s.tokens_since_fired >= window).any())
     if s.step % cfg.normalize_decoder_every == 0: self.sae.normalize_decoder()
     if cfg.resample_dead_every and s.step % cfg.resample_dead_every == 0: self._resample(batch, out)
     s.data_position = self.source.state_dict()

@@ -22,6 +22,7 @@ from sae_nb.testing import synthetic_activations
 BASE = dict(input_dim=16, expansion_factor=4, k=4, batch_size=128, learning_rate=1e-2, warmup_steps=2, log_every=1,
             device='cpu')
 DEAD = dict(dead_feature_window=128)  # a latent that misses one batch is dead: dead latents appear within a few steps
+AUXK = dict(auxk_window=128)  # the same for AuxK, which has a window of its own
 EVAL = dict(eval_every=4, eval_tokens=256)
 STREAM = dict(input_dim=32, eval_every=0)  # the tiny GPT-2's width; 40 short texts are too few to hold any out
 SPIES = ('sparse_decode', 'fast_sparse_decode', 'triton_decode', 'sparse_topk_encode')  # looked up when called
@@ -61,15 +62,17 @@ CASES = {
     'decorrelation_coeff': Case((0.1,), 'weights'),
     'probe_loss_coeff': Case((1.0,), 'weights', dict(probe_classes=3)),
     'temporal_smoothness_coeff': Case((1.0,), 'weights', dict(run_length=4)),
-    'auxk_coeff': Case((0.0, 1.0), 'weights', DEAD),
-    'k_aux': Case((1,), 'weights', dict(DEAD, expansion_factor=8)),
+    'auxk_coeff': Case((0.0, 1.0), 'weights', AUXK),
+    'k_aux': Case((1,), 'weights', dict(AUXK, expansion_factor=8)),
+    'auxk_window': Case((128,), 'weights'),  # by default AuxK waits 640 tokens here (40 mean firings of a latent)
     # optimisation
     'learning_rate': Case((1e-3,), 'weights'),
     'batch_size': Case((256,), 'weights'),
     'max_epochs': Case((2,), 'history'),
     'max_steps': Case((4,), 'history'),
     'warmup_steps': Case((8,), 'weights'),
-    'lr_schedule': Case(('linear', 'cosine'), 'weights'),
+    'lr_schedule': Case(('linear', 'cosine', 'wsd'), 'weights'),
+    'decay_fraction': Case((0.1, 1.0), 'weights', dict(lr_schedule='wsd')),
     'grad_clip': Case((1e-3,), 'weights'),  # the losses are normalised: gradients rarely reach the default 1.0
     'use_amp': Case((True,), 'weights'),  # bfloat16 autocast on the CPU
     'amp_dtype': Case(('float16',), 'error', dict(use_amp=True), raises=(ConfigError, "amp_dtype='float16'")),
