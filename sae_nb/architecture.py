@@ -39,7 +39,7 @@ class Encoded(NamedTuple):
     top_vals: Optional[torch.Tensor] = None # [batch, k] values of the active latents (top-k style only)
     top_idx: Optional[torch.Tensor] = None # [batch, k] their indices
     groups: Optional[tuple] = None # sparse paths: `kernels.group_by_latent(top_idx)`, shared by both backward passes
-    aux: Optional[tuple] = None # sparse paths, in training: AuxK's pick among the dead latents (pre-acts, indices)
+    aux: Optional[tuple] = None # sparse paths, in training: AuxK's pick of dead latents (pre-acts, indices, weight)
 
 @dataclass(frozen=True)
 class Variant:

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from fastcore.basics import patch
 from tqdm.auto import tqdm
 
-from .config import SAEConfig, ConfigError, pick_device, normal_permissions, DECAY_FRACTION
+from .config import SAEConfig, ConfigError, pick_device, normal_permissions, variants, DECAY_FRACTION
 from .architecture import SparseAutoencoder, CheckpointError, LOSS_NAMES, _safe_torch_load
 from .losses import fvu, probe_loss
 from .data import ActivationSource, InMemoryActivations, Batch, Captured, as_batch, activation_scale
@@ -369,7 +369,9 @@ class SAETrainer:
     @property
     def revive_window(self) -> int:
         "Tokens without firing after which the loss works on a latent: AuxK's (top-k), else `dead_feature_window`."
-        return self.cfg.auxk_after if self.sae.variant.topk_style else self.cfg.dead_feature_window
+        latents = getattr(self.cfg.variant, 'latents', None)  # a transcoder's latents are another variant's
+        spec = variants()[latents] if latents else self.sae.variant
+        return self.cfg.auxk_after if spec.topk_style else self.cfg.dead_feature_window
     def _emit(self, event, *args):
         for cb in self.callbacks: getattr(cb, event)(self, *args)
 
@@ -564,8 +566,8 @@ def step(self:SAETrainer, batch # a `Batch` or a [batch, input_dim] tensor, on t
         batch = Batch(*(t.pin_memory() if t is not None else None for t in batch._parts()))
     batch = batch.to(self.device, non_blocking=True)
     x = target_of(self.sae, batch)  # what the output should be: the metrics measure the prediction of this
-    total = self.total_steps
-    lr = cfg.peak_lr * lr_factor(s.step, cfg.warmup_for(total), cfg.lr_schedule, total, cfg.decay_fraction)
+    n_steps = self.total_steps
+    lr = cfg.peak_lr * lr_factor(s.step, cfg.warmup_for(n_steps), cfg.lr_schedule, n_steps, cfg.decay_fraction)
     for g in self.optimizer.param_groups: g['lr'] = lr
     window = self.revive_window
     dead_mask = s.tokens_since_fired >= window if s.any_dead else None
@@ -598,7 +600,7 @@ def _resample(self:SAETrainer, batch, out):
     inputs = sc(batch.acts) if batch.target is not None else None
     if resample_dead_latents(self.sae, self.optimizer, sc(target_of(self.sae, batch)), sc(x_hat), dead, gen, inputs):
         self.state.tokens_since_fired[dead] = 0
-        self.state.any_dead = False
+        self.state.any_dead = bool((self.state.tokens_since_fired >= self.revive_window).any())  # AuxK's may remain
         if self.parallel: self.parallel.broadcast(self.sae)
 
 def _record(history:dict, m:TrainingMetrics):
