@@ -242,15 +242,21 @@ def scatter_latents(vals, idx, latent_dim):
     "Dense `[batch, latent_dim]` latents from top-k values and indices."
     return torch.zeros(vals.shape[0], latent_dim, dtype=vals.dtype, device=vals.device).scatter(1, idx, vals)
 
-def topk_encode_sparse(sae, x, dead_mask=None):
+def topk_encode_sparse(sae, x, dead_mask=None,
+                       as_mask:bool|None=None, # AuxK's latents picked through the mask (None: on a GPU; no sync)
+                      ):
     "The top-k latents of `x` with the sparse encoder backward of `02a_kernels`; no dense latents."
-    c = sae.cfg
-    dead = dead_mask.nonzero().squeeze(1) if dead_mask is not None and c.auxk_coeff else None
-    if dead is not None and len(dead) == 0: dead = None
+    c, dead, weight = sae.cfg, None, None
+    if as_mask is None: as_mask = x.device.type != 'cpu'
+    if dead_mask is not None and c.auxk_coeff and as_mask:  # the mask itself: no host sync
+        dead, weight = dead_mask, (dead_mask.sum() / c.aux_k).clamp(max=1.0)
+    elif dead_mask is not None and c.auxk_coeff:  # the dead latents' indices: products of those columns alone
+        dead = dead_mask.nonzero().squeeze(1)
+        dead, weight = (dead, min(len(dead) / c.aux_k, 1.0)) if len(dead) else (None, None)
     vals, idx, groups, *aux = sparse_topk_encode(x, sae.W_enc, sae.b_enc, sae.b_dec, c.k, c.kernels == 'triton',
-                                                 among=dead, k_among=c.aux_k)
+                                                 among=dead, k_among=min(c.aux_k, c.latent_dim))
     # AuxK's pick of the dead latents, from the same encoder pass, and its weight min(dead / k_aux, 1)
-    return Encoded(None, vals, idx, groups, (*aux[0], min(len(dead) / c.aux_k, 1.0)) if aux else None)
+    return Encoded(None, vals, idx, groups, (*aux[0], weight) if aux else None)
 
 def auxk_terms(sae, x, x_hat, h, *, pre_acts=None, dead_mask=None, out=None, **context):
     "AuxK (Gao et al. 2024, §A.2): the top dead latents reconstruct the residual, once some latent is dead."

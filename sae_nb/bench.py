@@ -19,7 +19,7 @@ from .sweep import Table
 # %% auto #0
 __all__ = ['QUALITY_COLUMNS', 'machine', 'Timing', 'time_fn', 'peak_memory_mb', 'matmul_rate', 'flop_per_token', 'flop_limit',
            'speed_table', 'plot_speed', 'side_by_side', 'settings_table', 'quality_table', 'lr_rule_table',
-           'ablation_table', 'plot_lr_rule', 'streaming_overhead']
+           'ablation_table', 'plot_lr_rule', 'streaming_overhead', 'gpu_checks']
 
 # %% ../nbs/08_benchmarks.ipynb #fb52cdcd
 def machine() -> str:
@@ -176,3 +176,16 @@ def streaming_overhead(model, tokenizer, texts:list, layer:int, cfg:SAEConfig, m
     SAETrainer(cfg, progress=False).train(x.float())
     sae = time.perf_counter() - t
     return {'tokens': len(x), 'capture s': capture, 'SAE s': sae, 'SAE / capture': sae / capture}
+
+# %% ../nbs/08_benchmarks.ipynb #f5d532c4
+def gpu_checks(result:Union[str, Path, dict]='../bench/gpu.json', # `bench/gpu_check.py`'s output, or its path
+              ) -> tuple: # (checks: one row per correctness check, speed: one row per timed configuration)
+    "The correctness checks and the speed rows of a `bench/gpu_check.py` run."
+    r = result if isinstance(result, dict) else json.loads(Path(result).read_text())
+    runs = {k: v for k, v in r.items() if isinstance(v, dict)}
+    checks = Table([{'check': k, 'passed': v['ok'], **{c: v[c] for c in ('held-out FVU', 'worst relative FVU gap',
+                     'max weight difference', 'max weight difference between two uninterrupted runs') if c in v}}
+                    for k, v in runs.items() if not k.startswith(('speed', 'streaming', 'profile'))])
+    speed = Table([{'configuration': k.removeprefix('speed '), **{c: v[c] for c in ('tokens/s', 'ms/step', 'peak MB',
+                    'of bf16 FLOP limit') if c in v}} for k, v in runs.items() if k.startswith('speed') and 'tokens/s' in v])
+    return checks, speed

@@ -93,6 +93,10 @@ class SAEConfig:
                                  "a dense product (the sparse kernels always gather)")
     kernels:str = setting('sparse', "topk: autograd (dense reference), sparse (backward touches only the k active "
                           "latents) or triton (sparse, Triton kernels)")
+    select_dtype:str = setting('auto', "topk, sparse or triton kernels, in training: dtype of the encoder product that "
+                               "picks the k latents (their values and the gradients stay exact): float32, bfloat16, "
+                               "or auto (bfloat16 on a CPU that multiplies it natively, AVX512-BF16 or AMX; else the "
+                               "input's)")
     probe_classes:int = setting(0, "classes of the linear probe on the latents, trained from the texts' "
                                 "labels (0: no probe)")
     normalize_activations:str = setting('none', "none, or expected_average_only_in: scale inputs to a mean squared "
@@ -269,6 +273,7 @@ def _validate(cfg):
           f"only the wsd schedule reads it: set lr_schedule='wsd', or leave decay_fraction at {DECAY_FRACTION}")
     _one_of(cfg, 'amp_dtype', ('bfloat16', 'float16'))
     _one_of(cfg, 'kernels', ('autograd', 'sparse', 'triton'))
+    _one_of(cfg, 'select_dtype', ('auto', 'float32', 'bfloat16'))
     _one_of(cfg, 'wandb_mode', ('offline', 'online', 'disabled'))
     _need(cfg.device == 'auto' or _parses_as_device(cfg.device), cfg, 'device', "use auto, cpu, cuda, cuda:N or mps")
 

@@ -628,6 +628,14 @@ def _room(buf:Optional[Batch], n:int, chunk:Batch, most:int) -> Batch:
     if n: _put(grown, 0, buf[:n])
     return grown
 
+def _order_on(buf:Batch, order:torch.Tensor) -> dict:
+    "`order` on each device `buf`'s parts live on: copied once per buffer, since a CPU index into GPU rows syncs."
+    return {t.device: order.to(t.device) for t in buf._parts() if t is not None}
+
+def _take(buf:Batch, on:dict, start:int, end:int) -> Batch:
+    "The rows `order[start:end]` of `buf`, each part indexed on its own device."
+    return Batch(*(None if t is None else t[on[t.device][start:end]] for t in buf._parts()))
+
 def mix_batches(chunks:Iterable, # `Batch`es (or tensors) of [tokens, width]
                 batch_size:int, buffer_tokens:int, # shuffle within this many tokens
                 generator:torch.Generator,
@@ -642,15 +650,15 @@ def mix_batches(chunks:Iterable, # `Batch`es (or tensors) of [tokens, width]
         n += len(chunk); del chunk  # a shard's pages are released once its rows are in the buffer
         if n >= full:
             order = _run_order(n, run_length, generator)  # each batch is gathered once, not the whole buffer
-            give = max(n // 2 // batch_size, 1) * batch_size
-            for i in range(0, give, batch_size): yield buf[order[i:i + batch_size]]
+            give, on = max(n // 2 // batch_size, 1) * batch_size, _order_on(buf, order)
+            for i in range(0, give, batch_size): yield _take(buf, on, i, i + batch_size)
             kept = buf[order[give:].sort().values]  # the rest keeps its order, runs intact
             if owned: _put(buf, 0, kept)  # never written into a chunk: it may be the caller's tensor
             else: buf, owned = kept, True
             n = len(kept); del kept
     if n:
-        order = _run_order(n, run_length, generator)
-        for i in range(0, n, batch_size): yield buf[order[i:i + batch_size]]
+        on = _order_on(buf, _run_order(n, run_length, generator))
+        for i in range(0, n, batch_size): yield _take(buf, on, i, i + batch_size)
 
 # %% ../nbs/04_data.ipynb #47cb4b6b
 def pick_texts(sequence_ids:torch.Tensor, # [tokens] the text of each row

@@ -4,17 +4,41 @@
 
 # %% ../nbs/02a_kernels.ipynb #4db15845
 from __future__ import annotations
-import os, warnings
+import os, threading, warnings
+from contextlib import contextmanager
+from functools import lru_cache
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
 # %% auto #0
-__all__ = ['tl', 'triton', 'chunk_rows', 'topk_select', 'ByLatent', 'group_by_latent', 'segment_sum', 'segment_sum_reference',
-           'encode_at', 'sparse_topk_encode', 'fast_sparse_decode', 'triton_segment_sum', 'triton_decode']
+__all__ = ['tl', 'triton', 'native_bf16_cpu', 'select_dtype', 'pick_dtype', 'chunk_rows', 'topk_select', 'values_at', 'ByLatent',
+           'group_by_latent', 'segment_sum', 'segment_sum_reference', 'encode_at', 'sparse_topk_encode',
+           'fast_sparse_decode', 'triton_segment_sum', 'triton_decode']
 
 # %% ../nbs/02a_kernels.ipynb #a9835d71
+@lru_cache(maxsize=1)
+def native_bf16_cpu() -> bool:
+    "Whether this CPU multiplies bfloat16 natively (AVX512-BF16 or AMX), about three times faster than float32."
+    has = lambda name: bool(getattr(torch.cpu, name, lambda: False)())
+    return has('_is_avx512_bf16_supported') or has('_is_amx_tile_supported')
+
+def select_dtype(setting:str, # `SAEConfig.select_dtype`: auto, float32 or bfloat16
+                 device:torch.device) -> torch.dtype|None: # None: the input's (under autocast, autocast's)
+    "The dtype of the product that picks the top-k latents."
+    if setting != 'auto': return getattr(torch, setting)
+    return torch.bfloat16 if device.type == 'cpu' and native_bf16_cpu() else None
+
+_PICK = threading.local()  # the dtype `pick_dtype` set for this thread
+
+@contextmanager
+def pick_dtype(dtype:torch.dtype|None): # None: the input's
+    "Within: `topk_select` picks from a product in `dtype` unless told otherwise (the trainer's step sets it)."
+    before, _PICK.dtype = getattr(_PICK, 'dtype', None), dtype
+    try: yield
+    finally: _PICK.dtype = before
+
 def chunk_rows(latent_dim:int, device:torch.device) -> int:
     "Rows per chunk of the top-k selection: about 2M pre-activations on a CPU (cache-sized), all of them on a GPU."
     return 2**62 if device.type == 'cuda' else max(1, 2**21 // latent_dim)
@@ -26,30 +50,58 @@ def topk_select(x:torch.Tensor, # [batch, input_dim]
                 b_dec:torch.Tensor, # [input_dim]
                 k:int, # active latents per token
                 chunk:int|None=None, # rows per chunk (None: `chunk_rows`)
-                among:torch.Tensor|None=None, # [n] latents (e.g. the dead ones) to pick a second top-k from
+                among:torch.Tensor|None=None, # [n] latents (e.g. the dead ones) to pick a second top-k from, or a
+                                              # [latent_dim] bool mask of them (no host sync; see below)
                 k_among:int=0, # how many of `among` per row
+                dtype:torch.dtype|None=None, # the picking product's dtype (None: `pick_dtype`'s, else x's); values
+                                             # are exact, in x's
                ) -> tuple: # values [batch, k] before the ReLU and indices [batch, k]; then those of `among`
     "The k largest pre-activations of each row of `x` and their indices, without a graph; also among some latents."
+    dtype = dtype or getattr(_PICK, 'dtype', None)
     W_enc = W_enc.to(x.dtype)  # a no-op unless autocast handed a lower-precision x
     bias = b_enc.to(x.dtype) - b_dec.to(x.dtype) @ W_enc
+    low = dtype if dtype not in (None, x.dtype) else None  # pick from a cheaper product; the values exactly after
+    W_pick = W_enc.to(low) if low else W_enc
+    product = (lambda rows: rows.to(low) @ W_pick) if low else (lambda rows: rows @ W_enc)
     chunk = min(chunk or chunk_rows(W_enc.shape[1], x.device), len(x))
     def second(p):  # from the same pre-activations: the second selection costs no product
+        if among.dtype == torch.bool:  # always k_among picks: -inf fills them where fewer latents are marked
+            return p.masked_fill(~among, float('-inf')).topk(k_among, dim=-1, sorted=False)
         v, j = p.index_select(1, among).topk(min(k_among, len(among)), dim=-1, sorted=False)
         return v, among[j]
     if chunk == len(x):  # one product, under autocast in its precision
-        p = (x @ W_enc).add_(bias)
-        return (*p.topk(k, dim=-1, sorted=False), *(second(p) if among is not None else ()))
-    vals = torch.empty(len(x), k, dtype=x.dtype, device=x.device)
-    idx = torch.empty(len(x), k, dtype=torch.long, device=x.device)
-    pre = torch.empty(chunk, W_enc.shape[1], dtype=x.dtype, device=x.device)  # reused by every chunk
-    seconds = []
-    for s in range(0, len(x), chunk):
-        rows = x[s:s + chunk]
-        # faster than addmm, which first copies the bias into every row
-        p = torch.mm(rows, W_enc, out=pre[:len(rows)]).add_(bias)
-        torch.topk(p, k, dim=-1, sorted=False, out=(vals[s:s + chunk], idx[s:s + chunk]))
-        if among is not None: seconds.append(second(p))
-    return (vals, idx, *(torch.cat(t) for t in zip(*seconds)))
+        p = product(x).to(x.dtype).add_(bias)
+        picks = (*p.topk(k, dim=-1, sorted=False), *(second(p) if among is not None else ()))
+    else:
+        vals = torch.empty(len(x), k, dtype=x.dtype, device=x.device)
+        idx = torch.empty(len(x), k, dtype=torch.long, device=x.device)
+        pre = torch.empty(chunk, W_enc.shape[1], dtype=x.dtype, device=x.device)  # reused by every chunk
+        seconds = []
+        for s in range(0, len(x), chunk):
+            rows = x[s:s + chunk]
+            # faster than addmm, which first copies the bias into every row
+            if low: p = pre[:len(rows)].copy_(product(rows)).add_(bias)
+            else: p = torch.mm(rows, W_enc, out=pre[:len(rows)]).add_(bias)
+            torch.topk(p, k, dim=-1, sorted=False, out=(vals[s:s + chunk], idx[s:s + chunk]))
+            if among is not None: seconds.append(second(p))
+        picks = (vals, idx, *(torch.cat(t) for t in zip(*seconds)))
+    if not low: return picks
+    return tuple(t for v, i in zip(picks[::2], picks[1::2]) for t in values_at(x, W_enc, bias, i, v))
+
+def values_at(x:torch.Tensor, W:torch.Tensor, bias:torch.Tensor, # [batch, d], [d, latent_dim], [latent_dim]
+              idx:torch.Tensor, # [batch, k] latents of each row
+              picked:torch.Tensor|None=None, # [batch, k] their values from elsewhere: -inf entries stay -inf
+             ) -> tuple: # the exact values `(x @ W + bias)` at the latents, and the latents (sorted in each row)
+    "`x @ W + bias` at `idx` alone: k dot products per row (a sampled product), not the whole product."
+    idx, order = idx.sort(-1)
+    n, k = idx.shape
+    with warnings.catch_warnings():
+        warnings.filterwarnings('ignore', 'Sparse CSR tensor support is in beta')
+        at = torch.sparse_csr_tensor(torch.arange(0, n * k + 1, k, device=x.device), idx.flatten(),
+                                     x.new_zeros(n * k), (n, W.shape[1]), check_invariants=False)
+        vals = torch.sparse.sampled_addmm(at, x, W, beta=0.0).values().view(n, k) + bias[idx]
+    if picked is not None: vals = torch.where(picked.gather(1, order) == float('-inf'), float('-inf'), vals)
+    return vals, idx
 
 # %% ../nbs/02a_kernels.ipynb #732c3bad
 class ByLatent(NamedTuple):
@@ -63,9 +115,9 @@ def group_by_latent(idx:torch.Tensor, # [batch, k] indices of the active latents
     "Sort the flat index table by latent (stable, so the result does not depend on the device)."
     flat = idx.flatten()
     order = flat.argsort(stable=True)
-    crow = torch.zeros(latent_dim + 1, dtype=torch.long, device=idx.device)
-    crow[1:] = torch.bincount(flat, minlength=latent_dim).cumsum(0)
-    return ByLatent(crow, order // idx.shape[1], order)
+    # counted by index_add: on a GPU `bincount` reads its input's maximum back to the host, a sync every step
+    counts = torch.zeros(latent_dim, dtype=torch.long, device=idx.device).index_add_(0, flat, torch.ones_like(flat))
+    return ByLatent(torch.cat([counts.new_zeros(1), counts.cumsum(0)]), order // idx.shape[1], order)
 
 def segment_sum(groups:ByLatent, weights:torch.Tensor, # [batch, k] one weight per active entry
                 src:torch.Tensor, # [batch, d] one row per token

@@ -5,7 +5,7 @@
 # %% ../nbs/05_trainer.ipynb #b128e912
 from __future__ import annotations
 import math, os, shutil, tempfile, time, warnings
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field, fields, asdict
 from pathlib import Path
 from typing import Callable, Optional, Union
@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from .config import SAEConfig, ConfigError, pick_device, normal_permissions, variants, DECAY_FRACTION
 from .architecture import SparseAutoencoder, CheckpointError, LOSS_NAMES, _safe_torch_load
 from .losses import fvu, probe_loss
+from .kernels import pick_dtype, select_dtype
 from .data import ActivationSource, InMemoryActivations, Batch, Captured, as_batch, activation_scale
 
 # %% auto #0
@@ -216,7 +217,7 @@ class ProgressCallback(Callback):
     def on_step(self, trainer): self.bar.update(1)
     def on_log(self, trainer, m):
         self.bar.set_postfix(loss=f"{m.loss:.4g}", L0=f"{m.l0:.1f}", tok_s=f"{m.tokens_per_s:,.0f}", refresh=False)
-    def on_end(self, trainer): self.bar.close()
+    def on_end(self, trainer): self.bar.refresh(); self.bar.close()  # the last step shown, however quick it was
     def on_error(self, trainer, error): self.bar.close()
 
 # %% ../nbs/05_trainer.ipynb #5ab696df
@@ -526,6 +527,13 @@ def _evaluate(self:SAETrainer) -> bool:
     return self.cfg.early_stopping_patience is not None and s.evals_since_best >= self.cfg.early_stopping_patience
 
 # %% ../nbs/05_trainer.ipynb #8bd8f705
+@contextmanager
+def _both(*contexts):
+    "Enter each context (autocast, the top-k pick's dtype) for one training step; leave them in reverse."
+    with ExitStack() as stack:
+        for c in contexts: stack.enter_context(c)
+        yield
+
 @patch
 def begin(self:SAETrainer, source, first, # its first batch (None when resuming)
           eval_data:Optional[Batch]=None, # held-out tokens (`hold_out_eval`)
@@ -549,7 +557,8 @@ def begin(self:SAETrainer, source, first, # its first batch (None when resuming)
             s.eval_x, s.eval_meta = d.pop('acts').float(), d
         if eval_data is not None or source.split: s.split = source.split or {'tokens': len(eval_data), 'given': True}
     amp = lambda: torch.autocast(self.device.type, dtype=getattr(torch, cfg.amp_dtype))
-    self._autocast = amp if cfg.use_amp else nullcontext
+    pick = select_dtype(cfg.select_dtype, self.device)  # the product the sparse top-k picks from (02a_kernels)
+    self._autocast = lambda: _both(amp() if cfg.use_amp else nullcontext(), pick_dtype(pick))
     self._t_log, self._steps_since_log = time.perf_counter(), 0
     self._emit('on_start')
 
@@ -562,8 +571,8 @@ def step(self:SAETrainer, batch # a `Batch` or a [batch, input_dim] tensor, on t
     if cfg.max_steps and s.step >= cfg.max_steps: return True
     batch = as_batch(batch)
     _check_batch(batch, cfg, s.step)
-    if self.device.type == 'cuda' and batch.acts.device.type == 'cpu':  # the copy overlaps the previous step's kernels
-        batch = Batch(*(t.pin_memory() if t is not None else None for t in batch._parts()))
+    if self.device.type == 'cuda':  # pinned, the copy overlaps the previous step's kernels (pageable memory syncs)
+        batch = Batch(*(t.pin_memory() if t is not None and t.device.type == 'cpu' else t for t in batch._parts()))
     batch = batch.to(self.device, non_blocking=True)
     x = target_of(self.sae, batch)  # what the output should be: the metrics measure the prediction of this
     n_steps = self.total_steps
@@ -705,18 +714,20 @@ def train_sae(model, # a model, or a name for `load_model` ('smollm2', 'minilm',
 BENCH_SCRIPT = '''
 import json, resource, sys, time, torch
 from sae_nb.config import SAEConfig
-from sae_nb.trainer import SAETrainer
+from sae_nb.trainer import Callback, SAETrainer
 cfg, steps = SAEConfig(**json.loads(sys.argv[1])), int(sys.argv[2])
 dev = torch.device(cfg.device)
+sync = torch.cuda.synchronize if dev.type == 'cuda' else (lambda: None)
 # on a GPU the data is resident: no copies timed
 x = torch.randn(cfg.batch_size * (3 + steps), cfg.input_dim, device=dev)
-tr = SAETrainer(cfg, progress=False)
-tr.train(x[:cfg.batch_size * 3])
-if dev.type == 'cuda': torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats()
-t = time.perf_counter()
-tr.train(x[cfg.batch_size * 3:])
-if dev.type == 'cuda': torch.cuda.synchronize()
-took = time.perf_counter() - t
+class Clock(Callback):  # the steps after 3 warm-up steps, alone: not the run's start, nor its last checkpoint
+    marks = []
+    def on_step(self, trainer):
+        if trainer.state.step not in (3, 3 + steps): return
+        sync(); self.marks.append(time.perf_counter())
+        if dev.type == 'cuda' and len(self.marks) == 1: torch.cuda.reset_peak_memory_stats()
+SAETrainer(cfg, progress=False, callbacks=[Clock()]).train(x)
+took = Clock.marks[1] - Clock.marks[0]
 if dev.type == 'cuda': peak = torch.cuda.max_memory_allocated() / 2**20
 else: peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 print(json.dumps({'tokens_per_s': cfg.batch_size * steps / took, 'step_ms': 1000 * took / steps, 'peak_mb': peak}))

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import sae_nb.architecture as arch
+from sae_nb.kernels import native_bf16_cpu
 from sae_nb.config import SAEConfig, ConfigError
 from sae_nb.data import Batch, load_model, load_texts
 from sae_nb.trainer import SAETrainer, train_sae
@@ -50,6 +51,8 @@ CASES = {
     'b_dec_init': Case(('mean', 'zeros'), 'weights'),
     'sparse_decode': Case((False,), 'calls', dict(kernels='autograd')),  # same maths, other path
     'kernels': Case(('autograd',), 'calls'),  # same maths, other path ('triton' needs CUDA)
+    # the pick's product in the other precision than auto's here (auto: bfloat16 where the CPU has it natively)
+    'select_dtype': Case(('float32',) if native_bf16_cpu() else ('bfloat16',), 'weights'),
     'probe_classes': Case((3,), 'weights'),
     'normalize_activations': Case(('expected_average_only_in',), 'weights'),  # input_scale is saved
     # loss weights
