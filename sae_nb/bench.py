@@ -186,6 +186,7 @@ def gpu_checks(result:Union[str, Path, dict]='../bench/gpu.json', # `bench/gpu_c
     checks = Table([{'check': k, 'passed': v['ok'], **{c: v[c] for c in ('held-out FVU', 'worst relative FVU gap',
                      'max weight difference', 'max weight difference between two uninterrupted runs') if c in v}}
                     for k, v in runs.items() if not k.startswith(('speed', 'streaming', 'profile'))])
-    speed = Table([{'configuration': k.removeprefix('speed '), **{c: v[c] for c in ('tokens/s', 'ms/step', 'peak MB',
-                    'of bf16 FLOP limit') if c in v}} for k, v in runs.items() if k.startswith('speed') and 'tokens/s' in v])
+    columns = ('tokens/s', 'ms/step', 'peak MB', 'of bf16 FLOP limit')
+    speed = Table([{'configuration': k.removeprefix('speed '), **{c: v[c] for c in columns if c in v}}
+                   for k, v in runs.items() if k.startswith('speed') and 'tokens/s' in v])
     return checks, speed

@@ -94,9 +94,9 @@ class SAEConfig:
     kernels:str = setting('sparse', "topk: autograd (dense reference), sparse (backward touches only the k active "
                           "latents) or triton (sparse, Triton kernels)")
     select_dtype:str = setting('auto', "topk, sparse or triton kernels, in training: dtype of the encoder product that "
-                               "picks the k latents (their values and the gradients stay exact): float32, bfloat16, "
-                               "or auto (bfloat16 on a CPU that multiplies it natively, AVX512-BF16 or AMX; else the "
-                               "input's)")
+                               "picks the k latents of float32 inputs (their values and the gradients stay exact; "
+                               "autocast off for it): float32, bfloat16, or auto (bfloat16 on a CPU that multiplies "
+                               "it natively, AVX512-BF16 or AMX; else the input's, under autocast autocast's)")
     probe_classes:int = setting(0, "classes of the linear probe on the latents, trained from the texts' "
                                 "labels (0: no probe)")
     normalize_activations:str = setting('none', "none, or expected_average_only_in: scale inputs to a mean squared "
@@ -274,6 +274,9 @@ def _validate(cfg):
     _one_of(cfg, 'amp_dtype', ('bfloat16', 'float16'))
     _one_of(cfg, 'kernels', ('autograd', 'sparse', 'triton'))
     _one_of(cfg, 'select_dtype', ('auto', 'float32', 'bfloat16'))
+    _need(cfg.select_dtype == 'auto' or (cfg.kernels != 'autograd' and variants()[cfg.activation].encode_sparse),
+          cfg, 'select_dtype', "only a sparse top-k encoder (kernels='sparse' or 'triton' with activation='topk') "
+          "picks from that product: leave select_dtype='auto'")
     _one_of(cfg, 'wandb_mode', ('offline', 'online', 'disabled'))
     _need(cfg.device == 'auto' or _parses_as_device(cfg.device), cfg, 'device', "use auto, cpu, cuda, cuda:N or mps")
 

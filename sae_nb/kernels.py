@@ -60,9 +60,12 @@ def topk_select(x:torch.Tensor, # [batch, input_dim]
     dtype = dtype or getattr(_PICK, 'dtype', None)
     W_enc = W_enc.to(x.dtype)  # a no-op unless autocast handed a lower-precision x
     bias = b_enc.to(x.dtype) - b_dec.to(x.dtype) @ W_enc
-    low = dtype if dtype not in (None, x.dtype) else None  # pick from a cheaper product; the values exactly after
+    # a float32 x may pick from a product in another dtype, with autocast off for it; the values exactly after
+    low = dtype if dtype not in (None, x.dtype) and x.dtype == torch.float32 else None
     W_pick = W_enc.to(low) if low else W_enc
-    product = (lambda rows: rows.to(low) @ W_pick) if low else (lambda rows: rows @ W_enc)
+    def product(rows):
+        if not low: return rows @ W_enc  # under autocast, in its dtype
+        with torch.autocast(x.device.type, enabled=False): return rows.to(low) @ W_pick
     chunk = min(chunk or chunk_rows(W_enc.shape[1], x.device), len(x))
     def second(p):  # from the same pre-activations: the second selection costs no product
         if among.dtype == torch.bool:  # always k_among picks: -inf fills them where fewer latents are marked
@@ -70,7 +73,8 @@ def topk_select(x:torch.Tensor, # [batch, input_dim]
         v, j = p.index_select(1, among).topk(min(k_among, len(among)), dim=-1, sorted=False)
         return v, among[j]
     if chunk == len(x):  # one product, under autocast in its precision
-        p = product(x).to(x.dtype).add_(bias)
+        p = product(x)
+        p = (p.to(x.dtype) if low else p).add_(bias)
         picks = (*p.topk(k, dim=-1, sorted=False), *(second(p) if among is not None else ()))
     else:
         vals = torch.empty(len(x), k, dtype=x.dtype, device=x.device)
@@ -86,7 +90,8 @@ def topk_select(x:torch.Tensor, # [batch, input_dim]
             if among is not None: seconds.append(second(p))
         picks = (vals, idx, *(torch.cat(t) for t in zip(*seconds)))
     if not low: return picks
-    return tuple(t for v, i in zip(picks[::2], picks[1::2]) for t in values_at(x, W_enc, bias, i, v))
+    W = W_enc.T.contiguous().mT  # the layout the sampled product reads: transposed once, not once per call
+    return tuple(t for v, i in zip(picks[::2], picks[1::2]) for t in values_at(x, W, bias, i, v))
 
 def values_at(x:torch.Tensor, W:torch.Tensor, bias:torch.Tensor, # [batch, d], [d, latent_dim], [latent_dim]
               idx:torch.Tensor, # [batch, k] latents of each row
