@@ -7,6 +7,7 @@ from __future__ import annotations
 import math, os, shutil, tempfile, time, warnings
 from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field, fields, asdict
+from functools import cached_property
 from pathlib import Path
 from typing import Callable, Optional, Union
 
@@ -367,7 +368,7 @@ class SAETrainer:
     def history(self) -> dict: return self.state.history
     @property
     def dead_timeline(self) -> list: return list(zip(self.history['step'], self.history['dead_features']))
-    @property
+    @cached_property  # the config and the SAE are fixed for the trainer's life: worked out once, not every step
     def revive_window(self) -> int:
         "Tokens without firing after which the loss works on a latent: AuxK's (top-k), else `dead_feature_window`."
         latents = getattr(self.cfg.variant, 'latents', None)  # a transcoder's latents are another variant's
