@@ -9,7 +9,7 @@ are not compared. Outputs are regenerated with `bash .ci/nb NAME` (the same sing
 
     python .ci/notebooks.py [--flags "slow gpu"] [--n_workers 2] [--timing] [notebook or folder ...]
 """
-import argparse, json, os, re, sys, time
+import argparse, json, os, re, shutil, sys, tempfile, time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -83,11 +83,19 @@ def run_notebook(fn:Path, skip_flags:set):
         ran.add(id(cell))
         return False
     start, shell = time.time(), CaptureShell(fn)
+    # the notebook's temporary folders (and its subprocesses', through TMPDIR) go in one, removed when it ends
+    scratch, before = tempfile.mkdtemp(prefix=f'{fn.stem}-'), (tempfile.tempdir, os.environ.get('TMPDIR'))
+    tempfile.tempdir = os.environ['TMPDIR'] = scratch
     try:
         with working_directory(fn.parent): shell.run_all(nb, exc_stop=True, preproc=skip)
     except Exception:
         sys.stderr.write(shell.prettytb(fname=fn) + '\n')
         return False, time.time() - start, ''
+    finally:
+        tempfile.tempdir = before[0]
+        if before[1] is None: os.environ.pop('TMPDIR')
+        else: os.environ['TMPDIR'] = before[1]
+        shutil.rmtree(scratch, ignore_errors=True)
     stale = []
     for i, cell in enumerate(nb.cells):
         if id(cell) not in ran: continue

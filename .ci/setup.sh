@@ -21,5 +21,12 @@ else
   echo "$want" > "$VENV/.sae_nb_stamp"
 fi
 export PATH="$PWD/$VENV/bin:$PATH"
+# The temporary folders a run makes (checkpoints, activation stores: hundreds of MB each, thousands in a test run) go
+# under one folder, removed when the run exits, so that repeated runs do not fill the disk.
+if [ -z "${SAE_NB_SCRATCH:-}" ]; then
+  SAE_NB_SCRATCH=$(mktemp -d -t sae_nb-run-XXXXXX)
+  export SAE_NB_SCRATCH TMPDIR=$SAE_NB_SCRATCH
+  trap 'rm -rf "$SAE_NB_SCRATCH"' EXIT
+fi
 # Nothing here may reach a model hub, and wandb must never wait on a network.
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=${WANDB_MODE:-offline} TOKENIZERS_PARALLELISM=false

@@ -47,6 +47,8 @@ def child(args) -> dict:
 def main(argv=None):
     args = parse(argv)
     if args.child: print(json.dumps(child(args))); return
+    from sae_nb.testing import scratch_tempdir
+    scratch_tempdir('sae_nb-multihook-')  # the children's checkpoints (they inherit TMPDIR), removed at exit
     rows = []
     for run in ['together'] + args.layers.split(','):
         cmd = [sys.executable, __file__, '--layers', args.layers, '--texts', str(args.texts), '--mode', args.mode,

@@ -132,6 +132,8 @@ def l0(sae, x):
 
 def main():
     a = parse()
+    from sae_nb.testing import scratch_tempdir
+    scratch_tempdir('sae_nb-side-by-side-')  # both libraries' checkpoints, removed at exit
     os.environ.setdefault('SPARSIFY_DISABLE_TRITON', '1')  # its Triton decoder needs CUDA
     from datasets import Dataset
     from sparsify import SparseCoder, SparseCoderConfig, Trainer, TrainConfig

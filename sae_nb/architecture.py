@@ -284,7 +284,8 @@ def topk_encode(sae, pre):
 def dense_twin(sae:SparseAutoencoder) -> SparseAutoencoder:
     "A shallow copy of `sae` sharing its parameters but dense, through autograd: the reference for the sparse paths."
     twin = copy.copy(sae)
-    twin.cfg = replace(sae.cfg, sparse_decode=False, kernels='autograd')
+    # select_dtype is a sparse encoder's training setting: the dense twin has none (its config would refuse one)
+    twin.cfg = replace(sae.cfg, sparse_decode=False, kernels='autograd', select_dtype='auto')
     return twin
 
 # %% ../nbs/02_architecture.ipynb #6ec4fbd5

@@ -170,11 +170,12 @@ def streaming_overhead(model, tokenizer, texts:list, layer:int, cfg:SAEConfig, m
     t = time.perf_counter()
     x = collect_activations(model, tokenizer, texts, layer, max_length, cfg.text_batch_size, progress=False).acts[layer]
     capture = time.perf_counter() - t
-    cfg = replace(cfg, input_dim=x.shape[-1], eval_every=0, checkpoint_every=0, log_every=10**9,
-                  checkpoint_dir=tempfile.mkdtemp(), max_epochs=1, warmup_steps=0)
-    t = time.perf_counter()
-    SAETrainer(cfg, progress=False).train(x.float())
-    sae = time.perf_counter() - t
+    with tempfile.TemporaryDirectory() as ckpt:  # the SAE's final checkpoint is not kept
+        cfg = replace(cfg, input_dim=x.shape[-1], eval_every=0, checkpoint_every=0, log_every=10**9,
+                      checkpoint_dir=ckpt, max_epochs=1, warmup_steps=0)
+        t = time.perf_counter()
+        SAETrainer(cfg, progress=False).train(x.float())
+        sae = time.perf_counter() - t
     return {'tokens': len(x), 'capture s': capture, 'SAE s': sae, 'SAE / capture': sae / capture}
 
 # %% ../nbs/08_benchmarks.ipynb #f5d532c4

@@ -15,7 +15,7 @@ from fastcore.test import test_eq, test_close, test_fail
 
 # %% auto #0
 __all__ = ['gpt2_tokenizer', 'tiny_gpt2', 'SyntheticActivations', 'data_generator', 'zipf_frequencies', 'synthetic_activations',
-           'hierarchical_activations', 'assert_close', 'check_matches_reference']
+           'hierarchical_activations', 'assert_close', 'check_matches_reference', 'scratch_tempdir']
 
 # %% ../nbs/00_testing.ipynb #c1662561
 @lru_cache(maxsize=1)
@@ -202,3 +202,12 @@ def check_matches_reference(fast, # the implementation under test
     for i, (a, b) in enumerate(zip(grad_f, grad_r)):
         assert (a is None) == (b is None), f"gradient {i}: one implementation gives no gradient"
         if a is not None: assert_close(a, b, eps, f"gradient {i}")
+
+# %% ../nbs/00_testing.ipynb #6d70c1fe
+def scratch_tempdir(prefix:str='sae_nb-') -> str:
+    "Make `tempfile` (and child processes, through TMPDIR) use a new folder, removed when this process exits."
+    import atexit, os, shutil, tempfile
+    d = tempfile.mkdtemp(prefix=prefix)
+    tempfile.tempdir = os.environ['TMPDIR'] = d
+    atexit.register(shutil.rmtree, d, True)
+    return d

@@ -738,9 +738,10 @@ def benchmark_training(cfg:SAEConfig, steps:int=20, device:str='cpu') -> dict:
     "Tokens/s, ms per step, peak memory (MB; the GPU's on CUDA) of training `cfg` on random data, in a fresh process."
     import json, subprocess, sys
     if steps < 1: raise ValueError(f"steps={steps}: time at least one step.")
-    c = {**cfg.to_dict(), 'max_epochs': 1, 'max_steps': None, 'eval_every': 0, 'checkpoint_every': 0, 'warmup_steps': 0,
-         'checkpoint_dir': tempfile.mkdtemp(), 'log_every': 10**9, 'device': device}
-    res = subprocess.run([sys.executable, '-c', BENCH_SCRIPT, json.dumps(c), str(steps)],
-                         capture_output=True, text=True)
+    with tempfile.TemporaryDirectory() as ckpt:  # the run's final checkpoint is not kept
+        c = {**cfg.to_dict(), 'max_epochs': 1, 'max_steps': None, 'eval_every': 0, 'checkpoint_every': 0,
+             'warmup_steps': 0, 'checkpoint_dir': ckpt, 'log_every': 10**9, 'device': device}
+        res = subprocess.run([sys.executable, '-c', BENCH_SCRIPT, json.dumps(c), str(steps)],
+                             capture_output=True, text=True)
     if res.returncode: raise RuntimeError(res.stderr[-2000:])
     return json.loads(res.stdout.strip().splitlines()[-1])
