@@ -13,3 +13,14 @@ def pytest_collection_modifyitems(config, items):
         for flag in ('slow', 'gpu'):
             if flag in item.keywords and flag not in flags:
                 item.add_marker(pytest.mark.skip(reason=f"flagged {flag}: run with TEST_FLAGS={flag}"))
+
+@pytest.fixture(autouse=True, scope='session')
+def _scratch_tempdir(tmp_path_factory):
+    "Every temporary folder the tests and their subprocesses make goes under pytest's own, which it prunes."
+    import tempfile
+    before = tempfile.tempdir, os.environ.get('TMPDIR')
+    tempfile.tempdir = os.environ['TMPDIR'] = str(tmp_path_factory.mktemp('scratch'))
+    yield
+    tempfile.tempdir = before[0]
+    if before[1] is None: os.environ.pop('TMPDIR')
+    else: os.environ['TMPDIR'] = before[1]
