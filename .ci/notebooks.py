@@ -93,7 +93,7 @@ def run_notebook(fn:Path, skip_flags:set):
         return False, time.time() - start, ''
     finally:
         tempfile.tempdir = before[0]
-        if before[1] is None: os.environ.pop('TMPDIR')
+        if before[1] is None: os.environ.pop('TMPDIR', None)
         else: os.environ['TMPDIR'] = before[1]
         shutil.rmtree(scratch, ignore_errors=True)
     stale = []

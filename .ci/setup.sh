@@ -26,7 +26,7 @@ export PATH="$PWD/$VENV/bin:$PATH"
 if [ -z "${SAE_NB_SCRATCH:-}" ]; then
   SAE_NB_SCRATCH=$(mktemp -d -t sae_nb-run-XXXXXX)
   export SAE_NB_SCRATCH TMPDIR=$SAE_NB_SCRATCH
-  trap 'rm -rf "$SAE_NB_SCRATCH"' EXIT
+  trap 'rm -rf "$SAE_NB_SCRATCH" || true' EXIT  # a failed clean-up must not fail the run
 fi
 # Nothing here may reach a model hub, and wandb must never wait on a network.
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=${WANDB_MODE:-offline} TOKENIZERS_PARALLELISM=false

@@ -205,7 +205,7 @@ def check_matches_reference(fast, # the implementation under test
 
 # %% ../nbs/00_testing.ipynb #6d70c1fe
 def scratch_tempdir(prefix:str='sae_nb-') -> str:
-    "Make `tempfile` (and child processes, through TMPDIR) use a new folder, removed when this process exits."
+    "Make `tempfile` (and child processes, through TMPDIR) use a new folder, removed when this process exits normally."
     import atexit, os, shutil, tempfile
     d = tempfile.mkdtemp(prefix=prefix)
     tempfile.tempdir = os.environ['TMPDIR'] = d

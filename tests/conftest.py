@@ -15,12 +15,15 @@ def pytest_collection_modifyitems(config, items):
                 item.add_marker(pytest.mark.skip(reason=f"flagged {flag}: run with TEST_FLAGS={flag}"))
 
 @pytest.fixture(autouse=True, scope='session')
-def _scratch_tempdir(tmp_path_factory):
-    "Every temporary folder the tests and their subprocesses make goes under pytest's own, which it prunes."
-    import tempfile
-    before = tempfile.tempdir, os.environ.get('TMPDIR')
-    tempfile.tempdir = os.environ['TMPDIR'] = str(tmp_path_factory.mktemp('scratch'))
+def _scratch_tempdir():
+    "Every temporary folder the tests and their subprocesses make goes in one, removed when the session ends."
+    import shutil, tempfile
+    if os.environ.get('SAE_NB_SCRATCH'):  # under .ci/test, whose scratch folder is removed when it exits
+        yield; return
+    scratch, before = tempfile.mkdtemp(prefix='sae_nb-pytest-'), (tempfile.tempdir, os.environ.get('TMPDIR'))
+    tempfile.tempdir = os.environ['TMPDIR'] = scratch
     yield
     tempfile.tempdir = before[0]
-    if before[1] is None: os.environ.pop('TMPDIR')
+    if before[1] is None: os.environ.pop('TMPDIR', None)
     else: os.environ['TMPDIR'] = before[1]
+    shutil.rmtree(scratch, ignore_errors=True)

@@ -3,7 +3,7 @@ loads in headless Chromium under the name Quarto gives it, in the sidebar's orde
 every link to the project's published site, lands on a built page (and on its anchor); formulas are MathML and
 nothing loads from another host; API pages show NamedTuples' fields, no dead [source] links, and progress bars as
 their last state. Screenshots of the home page and of an API page are saved to tests/artifacts/."""
-import html, importlib.util, re, shutil, subprocess
+import html, importlib.util, os, re, shutil, subprocess
 from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import urlparse, unquote
@@ -59,7 +59,9 @@ def _chromium() -> str:
 
 def _browser(*args, timeout=120) -> str:
     flags = ['--headless=new', '--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage', '--hide-scrollbars']
-    res = subprocess.run([_chromium(), *flags, *args], capture_output=True, text=True, timeout=timeout)
+    # Chromium's socket path under TMPDIR must stay short (it aborts at about 63 characters): /tmp where there is one
+    env = {**os.environ, 'TMPDIR': '/tmp'} if os.path.isdir('/tmp') else None
+    res = subprocess.run([_chromium(), *flags, *args], capture_output=True, text=True, timeout=timeout, env=env)
     assert res.returncode == 0, res.stderr[-2000:]
     return res.stdout
 
