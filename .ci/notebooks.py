@@ -9,7 +9,7 @@ are not compared. Outputs are regenerated with `bash .ci/nb NAME` (the same sing
 
     python .ci/notebooks.py [--flags "slow gpu"] [--n_workers 2] [--timing] [notebook or folder ...]
 """
-import argparse, json, os, re, shutil, sys, tempfile, time
+import argparse, json, os, re, sys, time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -82,20 +82,14 @@ def run_notebook(fn:Path, skip_flags:set):
         cell.outputs = []  # execnb keeps old outputs when a cell now shows nothing
         ran.add(id(cell))
         return False
+    from sae_nb.testing import scratch_tempdir
     start, shell = time.time(), CaptureShell(fn)
-    # the notebook's temporary folders (and its subprocesses', through TMPDIR) go in one, removed when it ends
-    scratch, before = tempfile.mkdtemp(prefix=f'{fn.stem}-'), (tempfile.tempdir, os.environ.get('TMPDIR'))
-    tempfile.tempdir = os.environ['TMPDIR'] = scratch
-    try:
-        with working_directory(fn.parent): shell.run_all(nb, exc_stop=True, preproc=skip)
+    try:  # the notebook's temporary folders (and its subprocesses') go in one, removed when it ends
+        with scratch_tempdir(f'{fn.stem}-'), working_directory(fn.parent):
+            shell.run_all(nb, exc_stop=True, preproc=skip)
     except Exception:
         sys.stderr.write(shell.prettytb(fname=fn) + '\n')
         return False, time.time() - start, ''
-    finally:
-        tempfile.tempdir = before[0]
-        if before[1] is None: os.environ.pop('TMPDIR', None)
-        else: os.environ['TMPDIR'] = before[1]
-        shutil.rmtree(scratch, ignore_errors=True)
     stale = []
     for i, cell in enumerate(nb.cells):
         if id(cell) not in ran: continue

@@ -32,7 +32,7 @@ from sae_nb.architecture import _fit_encoder_scale
 from sae_nb.config import SAEConfig, default_learning_rate
 from sae_nb.evaluation import dictionary_recovery
 from sae_nb.losses import fvu
-from sae_nb.testing import scratch_tempdir, synthetic_activations
+from sae_nb.testing import synthetic_activations
 from sae_nb.trainer import SAETrainer
 
 DATA = dict(power=1.0, noise=0.02, mean_norm=8.0, magnitude_range=(0.5, 2.0))
@@ -110,7 +110,6 @@ def score(x, held, dictionary, changes:dict, betas=None, scale_encoder=False) ->
 
 def main():
     a = parse()
-    scratch_tempdir('sae_nb-defaults-')  # the runs' checkpoints, removed at exit
     result = {'versions': {p: version(p) for p in ('sae_nb', 'torch')} | {'python': platform.python_version()},
               'machine': f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads "
                          f"{torch.get_num_threads()}",
@@ -141,4 +140,5 @@ def main():
 
 
 if __name__ == '__main__':
-    main()
+    from sae_nb.testing import scratch_tempdir
+    with scratch_tempdir('sae_nb-defaults-'): main()  # the runs' temporary folders, removed at the end

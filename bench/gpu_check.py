@@ -29,7 +29,7 @@ from sae_nb.bench import flop_limit, matmul_rate, streaming_overhead
 from sae_nb.config import SAEConfig
 from sae_nb.kernels import segment_sum_reference, group_by_latent, triton_decode, triton_segment_sum
 from sae_nb.losses import fvu
-from sae_nb.testing import check_matches_reference, scratch_tempdir, synthetic_activations
+from sae_nb.testing import check_matches_reference, synthetic_activations
 from sae_nb.trainer import Callback, SAETrainer, benchmark_training
 
 DEV = os.environ.get('GPU_CHECK_DEVICE', 'cuda')  # 'cpu' (with TRITON_INTERPRET=1): a dry run of the script
@@ -295,7 +295,6 @@ def main():
     p.add_argument('--steps', type=int, default=50, help="timed steps of each speed row")
     p.add_argument('--out', default='-', help="write the JSON here ('-': stdout)")
     a = p.parse_args()
-    scratch_tempdir('sae_nb-gpu-check-')  # the runs' checkpoints, removed at exit
     if DEV == 'cuda' and not torch.cuda.is_available(): sys.exit("No CUDA device: this script checks the GPU paths.")
     import triton
     results = {'device': torch.cuda.get_device_name() if DEV == 'cuda' else platform.processor(),
@@ -313,4 +312,6 @@ def main():
     print(f"{len(failed)} failed: {failed}" if failed else "all passed")
 
 
-if __name__ == '__main__': main()
+if __name__ == '__main__':
+    from sae_nb.testing import scratch_tempdir
+    with scratch_tempdir('sae_nb-gpu-check-'): main()  # the runs' temporary folders, removed at the end

@@ -47,8 +47,6 @@ def child(args) -> dict:
 def main(argv=None):
     args = parse(argv)
     if args.child: print(json.dumps(child(args))); return
-    from sae_nb.testing import scratch_tempdir
-    scratch_tempdir('sae_nb-multihook-')  # the children's checkpoints (they inherit TMPDIR), removed at exit
     rows = []
     for run in ['together'] + args.layers.split(','):
         cmd = [sys.executable, __file__, '--layers', args.layers, '--texts', str(args.texts), '--mode', args.mode,
@@ -69,4 +67,6 @@ def main(argv=None):
         with open(args.json, 'w') as f: json.dump(rows, f, indent=1)
 
 
-if __name__ == '__main__': main()
+if __name__ == '__main__':
+    from sae_nb.testing import scratch_tempdir
+    with scratch_tempdir('sae_nb-multihook-'): main()  # the runs' temporary folders, removed at the end

@@ -193,8 +193,6 @@ def train_dictionary_learning(a, x_train):
 
 def main(argv=None):
     a = parse(argv)
-    from sae_nb.testing import scratch_tempdir
-    scratch_tempdir('sae_nb-quality-')  # the runs' checkpoints, removed at exit
     from sae_nb.testing import synthetic_activations
     data = synthetic_activations(n_tokens=a.tokens + a.heldout, input_dim=a.d, n_features=a.features,
                                  mean_active=a.k, power=a.power, noise=a.noise, mean_norm=a.mean_norm,
@@ -235,4 +233,5 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    from sae_nb.testing import scratch_tempdir
+    with scratch_tempdir('sae_nb-quality-'): main()  # the runs' temporary folders, removed at the end

@@ -132,8 +132,6 @@ def l0(sae, x):
 
 def main():
     a = parse()
-    from sae_nb.testing import scratch_tempdir
-    scratch_tempdir('sae_nb-side-by-side-')  # both libraries' checkpoints, removed at exit
     os.environ.setdefault('SPARSIFY_DISABLE_TRITON', '1')  # its Triton decoder needs CUDA
     from datasets import Dataset
     from sparsify import SparseCoder, SparseCoderConfig, Trainer, TrainConfig
@@ -243,4 +241,5 @@ def main():
 
 
 if __name__ == '__main__':
-    main()
+    from sae_nb.testing import scratch_tempdir
+    with scratch_tempdir('sae_nb-side-by-side-'): main()  # the runs' temporary folders, removed at the end

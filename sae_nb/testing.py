@@ -6,6 +6,7 @@
 from __future__ import annotations
 import json
 from dataclasses import dataclass
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 from typing import Optional
@@ -204,10 +205,15 @@ def check_matches_reference(fast, # the implementation under test
         if a is not None: assert_close(a, b, eps, f"gradient {i}")
 
 # %% ../nbs/00_testing.ipynb #6d70c1fe
-def scratch_tempdir(prefix:str='sae_nb-') -> str:
-    "Make `tempfile` (and child processes, through TMPDIR) use a new folder, removed when this process exits normally."
-    import atexit, os, shutil, tempfile
-    d = tempfile.mkdtemp(prefix=prefix)
+@contextmanager
+def scratch_tempdir(prefix:str='sae_nb-'): # the folder's name starts with this
+    "Within: `tempfile` (and child processes, through TMPDIR) use a new folder, removed on the way out."
+    import os, shutil, tempfile
+    d, before = tempfile.mkdtemp(prefix=prefix), (tempfile.tempdir, os.environ.get('TMPDIR'))
     tempfile.tempdir = os.environ['TMPDIR'] = d
-    atexit.register(shutil.rmtree, d, True)
-    return d
+    try: yield d
+    finally:
+        tempfile.tempdir = before[0]
+        if before[1] is None: os.environ.pop('TMPDIR', None)
+        else: os.environ['TMPDIR'] = before[1]
+        shutil.rmtree(d, ignore_errors=True)

@@ -17,13 +17,7 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(autouse=True, scope='session')
 def _scratch_tempdir():
     "Every temporary folder the tests and their subprocesses make goes in one, removed when the session ends."
-    import shutil, tempfile
     if os.environ.get('SAE_NB_SCRATCH'):  # under .ci/test, whose scratch folder is removed when it exits
         yield; return
-    scratch, before = tempfile.mkdtemp(prefix='sae_nb-pytest-'), (tempfile.tempdir, os.environ.get('TMPDIR'))
-    tempfile.tempdir = os.environ['TMPDIR'] = scratch
-    yield
-    tempfile.tempdir = before[0]
-    if before[1] is None: os.environ.pop('TMPDIR', None)
-    else: os.environ['TMPDIR'] = before[1]
-    shutil.rmtree(scratch, ignore_errors=True)
+    from sae_nb.testing import scratch_tempdir
+    with scratch_tempdir('sae_nb-pytest-'): yield  # a short path: Chromium's and wandb's sockets live under it
