@@ -2,7 +2,7 @@
 
 Run it in the project's environment (no peer library is needed):
 
-    python bench/defaults.py --out bench/defaults.json            # both tables
+    python bench/defaults.py --out bench/defaults.json            # every table
     python bench/defaults.py --only lr --out bench/defaults.json  # one of them
 
 Every run trains a TopK SAE through `SAETrainer`, one pass, and is scored on held-out rows drawn after the training
@@ -19,16 +19,22 @@ rows: FVU, dead % (latents that fire on none of the held-out rows) and recovery 
    a time: the encoder's scaling to the first batch (done for ReLU-style SAEs, not for top-k), the decoder bias's
    initialisation, AuxK's weight, latents per token and window (and its settings before the defaults changed),
    decoder normalisation, the learning rate and warmup of the older defaults, the learning-rate schedule (linear,
-   wsd), the batch size, Adam's betas (set on the trainer's optimizer).
+   wsd), the batch size, Adam's betas (set on the trainer's optimizer), the moving average of the weights.
+3. `ceiling`: the ablation's data and defaults, asking how far recovery is from what the objective allows. One run
+   starts at the true dictionary (decoder atoms the true ones, encoder their transpose) and trains as usual: if the
+   training objective held the truth, recovery stays near 1. Then runs of 1, 2 and 3 passes over the same training
+   rows (one run each, the schedule over the whole run): how recovery grows with steps.
 
 The JSON is rewritten after every run, so an interrupted run keeps what it measured.
 """
 import argparse, json, math, os, platform, tempfile, time
+from functools import lru_cache
 from importlib.metadata import version
 
 import torch
 
 from sae_nb.architecture import _fit_encoder_scale
+from sae_nb.bench import cpu_model
 from sae_nb.config import SAEConfig, default_learning_rate
 from sae_nb.evaluation import dictionary_recovery
 from sae_nb.losses import fvu
@@ -62,12 +68,18 @@ ABLATION = {  # label -> (config changes, Adam betas or None[, True: the encoder
     'batch 16384 (lr by the rule)': ({'batch_size': 16384}, None),
     'Adam betas (0.9, 0.99)': ({}, (0.9, 0.99)),
     'Adam betas (0.0, 0.999)': ({}, (0.0, 0.999)),
+    "no moving average of the weights (the last step's)": ({'average_steps': 0}, None),
+    'moving average over 8% of the steps (20)': ({'average_steps': 20}, None),
+}
+CEILING = {  # label -> (config changes, start at the true dictionary)
+    'from the true dictionary, 1 pass': ({}, True),
+    **{f"from a random start, {n} pass{'es' if n > 1 else ''}": ({'max_epochs': n}, False) for n in (1, 2, 3)},
 }
 
 
 def parse():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument('--only', choices=('lr', 'ablation'), default=None, help="run one table (default: both)")
+    p.add_argument('--only', choices=('lr', 'ablation', 'ceiling'), default=None, help="run one table (default: all)")
     p.add_argument('--lr-tokens', type=int, default=250_000, help="training rows of each run of the lr table")
     p.add_argument('--lr-multipliers', type=float, nargs='+', default=(0.5, 1.0, 2.0))
     p.add_argument('--sizes', nargs='+', default=None, metavar='D:MULT',
@@ -79,17 +91,20 @@ def parse():
     return p.parse_args()
 
 
+@lru_cache(maxsize=1)  # the ablation and the ceiling train on the same rows: drawn once
 def benchmark(d, latents, k, tokens, heldout, seed):
     "Training and held-out rows, and the true dictionary."
     s = synthetic_activations(tokens + heldout, d, latents, k, keep_codes=False, chunk_tokens=8192, seed=seed, **DATA)
     return s.x[:tokens], s.x[tokens:], s.dictionary
 
 
-def score(x, held, dictionary, changes:dict, betas=None, scale_encoder=False) -> dict:
+def score(x, held, dictionary, changes:dict, betas=None, scale_encoder=False, from_truth=False) -> dict:
     "Train on `x` with the defaults plus `changes`; held-out FVU, L0, dead %, recovery, the lr used and seconds."
     cfg = SAEConfig(**{'input_dim': x.shape[1], 'eval_every': 0, 'checkpoint_every': 0,
                        'checkpoint_dir': tempfile.mkdtemp(), **changes})
     trainer = SAETrainer(cfg, progress=False)
+    if from_truth:  # the true atoms as the decoder, their transpose as the encoder (as a fresh SAE ties them)
+        with torch.no_grad(): trainer.sae.W_dec.copy_(dictionary); trainer.sae.W_enc.copy_(dictionary.T)
     if betas is not None:
         for group in trainer.optimizer.param_groups: group['betas'] = betas
     if scale_encoder:  # what init_b_dec does for ReLU-style variants, done for top-k too
@@ -111,10 +126,14 @@ def score(x, held, dictionary, changes:dict, betas=None, scale_encoder=False) ->
 def main():
     a = parse()
     result = {'versions': {p: version(p) for p in ('sae_nb', 'torch')} | {'python': platform.python_version()},
-              'machine': f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads "
+              'machine': f"{cpu_model()}, {os.cpu_count()} cores, torch threads "
                          f"{torch.get_num_threads()}",
               'data': DATA | {'true features': 'as many as latents', 'heldout': a.heldout, 'seed': a.seed},
               'lr': [], 'ablation': []}
+    if a.only and a.out and os.path.exists(a.out):  # one table: the file's other tables (and their notes) stay
+        with open(a.out) as f: old = json.load(f)
+        result |= {k: v for k, v in old.items() if not k.startswith(a.only) and k not in result}
+        result |= {k: old[k] for k in ('lr', 'ablation', 'ceiling') if k in old and k != a.only}
     def save():
         if a.out:
             with open(a.out + '.tmp', 'w') as f: f.write(json.dumps(result, indent=1) + '\n')
@@ -125,6 +144,14 @@ def main():
         for label, (changes, *how) in ABLATION.items():
             row = {'change': label, **score(x, held, dictionary, {'expansion_factor': 8, 'k': 32, **changes}, *how)}
             result['ablation'].append(row); save(); print(json.dumps(row), flush=True)
+    if a.only in (None, 'ceiling'):
+        result['ceiling settings'] = {'d': 384, 'latents': 3072, 'k': 32, 'tokens': a.ablation_tokens}
+        x, held, dictionary = benchmark(384, 3072, 32, a.ablation_tokens, a.heldout, a.seed)
+        result['ceiling'] = []
+        for label, (changes, from_truth) in CEILING.items():
+            row = {'run': label, **score(x, held, dictionary, {'expansion_factor': 8, 'k': 32, **changes},
+                                         from_truth=from_truth)}
+            result['ceiling'].append(row); save(); print(json.dumps(row), flush=True)
     if a.only in (None, 'lr'):
         result['lr settings'] = {'tokens': a.lr_tokens, 'multipliers': list(a.lr_multipliers)}
         for d, mult, k in SIZES:

@@ -134,6 +134,7 @@ def train_sae_nb(a, x_train):
     settings = cfg.to_dict() | {'checkpoint_dir': '<temporary folder>', 'resolved device': str(sae.W_dec.device),
                                 'training rows held out by its trainer': len(x_train) - tr.state.tokens_seen,
                                 'steps taken': tr.state.step, 'resolved lr (peak)': max(lrs),
+                                'resolved β of the weights\' moving average (last step)': cfg.average_decay(tr.total_steps, tr.state.step),
                                 'lr at steps 1, 10%, 50%, last': [lrs[0], lrs[len(lrs) // 10], lrs[len(lrs) // 2],
                                                                   lrs[-1]]}
     return forward, sae.W_dec, W_init, s, settings
@@ -209,10 +210,11 @@ def main(argv=None):
                            'tokens per CPU second': n_train / s[1].item()})
         print(f"{name}: trained in {s[0].item():.1f} s", flush=True)
 
+    from sae_nb.bench import cpu_model
     result = {
         'versions': {p: version(p) for p in ('sae_nb', 'eai-sparsify', 'dictionary-learning', 'nnsight', 'torch')}
                     | {'python': platform.python_version()},
-        'machine': f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads "
+        'machine': f"{cpu_model()}, {os.cpu_count()} cores, torch threads "
                    f"{torch.get_num_threads()}",
         'data': {'generator': 'sae_nb.testing.synthetic_activations', 'd': a.d, 'features': a.features, 'k': a.k,
                  'power': a.power, 'noise': a.noise, 'mean_norm': a.mean_norm,

@@ -136,7 +136,7 @@ def main():
     from datasets import Dataset
     from sparsify import SparseCoder, SparseCoderConfig, Trainer, TrainConfig
     from sparsify.data import chunk_and_tokenize
-    from sae_nb.bench import matmul_rate
+    from sae_nb.bench import cpu_model, matmul_rate
     from sae_nb.config import SAEConfig
     from sae_nb.data import load_model, load_texts
     from sae_nb.losses import fvu
@@ -206,7 +206,7 @@ def main():
     result = {
         'versions': {p: version(p) for p in ('sae_nb', 'eai-sparsify', 'torch', 'transformers', 'datasets')}
                     | {'python': platform.python_version()},
-        'machine': f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads "
+        'machine': f"{cpu_model()}, {os.cpu_count()} cores, torch threads "
                    f"{torch.get_num_threads()}",
         'matmul GFLOP/s': matmul_rate(),
         'data': {'model': a.model, 'hook': f"{sp_cfg.hookpoints[0]} output", 'd': x_train.shape[1],

@@ -15,17 +15,24 @@ import torch
 from .config import SAEConfig
 from .trainer import benchmark_training
 from .sweep import Table
+from .kernels import native_bf16_cpu
 
 # %% auto #0
-__all__ = ['QUALITY_COLUMNS', 'machine', 'Timing', 'time_fn', 'peak_memory_mb', 'matmul_rate', 'flop_per_token', 'flop_limit',
-           'speed_table', 'plot_speed', 'side_by_side', 'settings_table', 'quality_table', 'lr_rule_table',
-           'ablation_table', 'plot_lr_rule', 'streaming_overhead', 'gpu_checks']
+__all__ = ['QUALITY_COLUMNS', 'cpu_model', 'machine', 'Timing', 'time_fn', 'peak_memory_mb', 'matmul_rate', 'flop_per_token',
+           'flop_limit', 'speed_table', 'plot_speed', 'side_by_side', 'settings_table', 'quality_table',
+           'lr_rule_table', 'ablation_table', 'plot_lr_rule', 'ceiling_table', 'streaming_overhead', 'gpu_checks']
 
 # %% ../nbs/08_benchmarks.ipynb #fb52cdcd
+def cpu_model() -> str:
+    "The CPU's model name (from /proc/cpuinfo on Linux), and whether it multiplies bfloat16 natively (`02a_kernels`)."
+    try: name = next(l.split(':', 1)[1].strip() for l in open('/proc/cpuinfo') if l.startswith('model name'))
+    except (OSError, StopIteration): name = platform.processor() or platform.machine()
+    return f"{name}, {'native' if native_bf16_cpu() else 'no native'} bfloat16"
+
 def machine() -> str:
     "The machine a figure came from: CPU, cores, GPU and torch version."
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {gpu}, torch {torch.__version__}"
+    return f"{cpu_model()}, {os.cpu_count()} cores, {gpu}, torch {torch.__version__}"
 
 # %% ../nbs/08_benchmarks.ipynb #260e730e
 @dataclass
@@ -161,6 +168,12 @@ def plot_lr_rule(result:dict, axes=None):
         ax.set(xscale='log', xlabel="learning rate / the rule's", ylabel=what); ax.axvline(1, color='grey', lw=0.5)
     axes[1].legend(fontsize=7)
     return axes
+
+# %% ../nbs/08_benchmarks.ipynb #931fc31c
+def ceiling_table(result:dict) -> Table:
+    "`bench/defaults.py`'s ceiling runs: steps, held-out FVU, dead %, and recovery of the true dictionary."
+    return Table([{k: r[k] for k in ('run', 'steps', 'FVU', 'dead %', 'recovery', 'recovered > 0.9')}
+                  for r in result['ceiling']])
 
 # %% ../nbs/08_benchmarks.ipynb #b7590b51
 def streaming_overhead(model, tokenizer, texts:list, layer:int, cfg:SAEConfig, max_length:int=128) -> dict:

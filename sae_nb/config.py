@@ -14,10 +14,10 @@ import torch
 from fastcore.basics import patch
 
 # %% auto #0
-__all__ = ['WARMUP_FRACTION', 'DECAY_FRACTION', 'AUXK_FIRINGS', 'RETIRED', 'PRESETS', 'normal_permissions', 'atomic_path',
-           'atomic_write_text', 'ConfigError', 'variants', 'setting', 'field_help', 'default_learning_rate',
-           'SAEConfig', 'pick_device', 'preset_config', 'gpt2_sae_config', 'gpt2_medium_sae_config',
-           'pythia_1_4b_sae_config', 'smollm2_sae_config', 'minilm_sae_config']
+__all__ = ['WARMUP_FRACTION', 'DECAY_FRACTION', 'AUXK_FIRINGS', 'AVERAGE_FRACTION', 'RETIRED', 'PRESETS', 'normal_permissions',
+           'atomic_path', 'atomic_write_text', 'ConfigError', 'variants', 'setting', 'field_help',
+           'default_learning_rate', 'SAEConfig', 'pick_device', 'preset_config', 'gpt2_sae_config',
+           'gpt2_medium_sae_config', 'pythia_1_4b_sae_config', 'smollm2_sae_config', 'minilm_sae_config']
 
 # %% ../nbs/01_config.ipynb #6ec1a47c
 def _umask() -> int:
@@ -71,6 +71,7 @@ def field_help(cls) -> dict:
 WARMUP_FRACTION = 0.05 # the default warmup: this share of the run's steps
 DECAY_FRACTION = 0.3 # wsd decays the learning rate over this share of the run's last steps
 AUXK_FIRINGS = 40 # AuxK's default window: the tokens a latent of mean rate takes to fire this many times
+AVERAGE_FRACTION = 0.04 # the default horizon of the weights' moving average: this share of the run's steps
 
 def default_learning_rate(cfg) -> float:
     "Adam's peak learning rate when `learning_rate` is None: 0.08/√input_dim, × √(batch_size/4096)."
@@ -133,6 +134,10 @@ class SAEConfig:
     decay_fraction:float = setting(DECAY_FRACTION, "wsd: the share of the run's steps, at its end, over which the "
                                    "learning rate falls to 0")
     grad_clip:Optional[float] = setting(1.0, "clip the gradient norm to this (None: no clipping)")
+    average_steps:Optional[int] = setting(None, "horizon 1/(1−β), in steps, of the exponential moving average of "
+                                          "the weights that the run hands out (None: 4% of the run's steps, or of "
+                                          "the steps so far when its length is unknown; 0 or 1: the last step's "
+                                          "weights)")
     use_amp:bool = setting(False, "mixed precision: autocast the forward pass to amp_dtype")
     amp_dtype:str = setting('bfloat16', "bfloat16 or float16 (float16 only on CUDA, with a gradient scaler)")
     seed:int = setting(0, "seed for initialisation and data order")
@@ -193,6 +198,12 @@ class SAEConfig:
         "Warmup steps of a run of `total_steps` (None: length unknown): `warmup_steps`, or the default rule's."
         if self.warmup_steps is not None: return self.warmup_steps
         return math.ceil(WARMUP_FRACTION * total_steps) if total_steps else 100
+    def average_decay(self, total_steps:Optional[int], # the run's length (None: unknown)
+                      step:int) -> float: # steps taken, the one just taken included
+        "β of the weights' moving average after `step` steps of a run of `total_steps`; 0: the step's own weights."
+        horizon = self.average_steps if self.average_steps is not None else AVERAGE_FRACTION * (total_steps or step)
+        horizon = min(horizon, step)  # never longer than the steps taken: the random start carries no weight
+        return 1 - 1 / horizon if horizon > 1 else 0.0
 
 # %% ../nbs/01_config.ipynb #561b4c65
 def _type_ok(value, anno) -> bool:
@@ -263,7 +274,8 @@ def _validate(cfg):
     for name in ('batch_size', 'max_epochs', 'dead_feature_window', 'text_batch_size', 'log_every',
                  'normalize_decoder_every', 'keep_checkpoints'):
         _need(getattr(cfg, name) >= 1, cfg, name, "it must be at least 1")
-    _need(cfg.warmup_steps is None or cfg.warmup_steps >= 0, cfg, 'warmup_steps', "it must be None or ≥ 0")
+    for name in ('warmup_steps', 'average_steps'):
+        _need(getattr(cfg, name) is None or getattr(cfg, name) >= 0, cfg, name, "it must be None or ≥ 0")
     for name in ('checkpoint_every', 'eval_every', 'eval_tokens', 'resample_dead_every'):
         _need(getattr(cfg, name) >= 0, cfg, name, "it must be ≥ 0")
     _need(cfg.grad_clip is None or cfg.grad_clip > 0, cfg, 'grad_clip', "it must be None or > 0")

@@ -25,9 +25,10 @@ from .data import ActivationSource, InMemoryActivations, Batch, Captured, as_bat
 # %% auto #0
 __all__ = ['CORE_METRICS', 'ARCHITECTURE_FIELDS', 'BENCH_SCRIPT', 'lr_factor', 'TrainingMetrics', 'TrainingState',
            'update_dead_counters', 'fired_latents', 'resample_dead_latents', 'sae_loss', 'SAELoss', 'train_step',
-           'target_of', 'Callback', 'ProgressCallback', 'WandbCallback', 'checkpoint_name', 'list_checkpoints',
-           'latest_checkpoint', 'save_checkpoint', 'load_checkpoint', 'CheckpointCallback', 'SAETrainer',
-           'check_source', 'hold_out_eval', 'latent_change', 'train_sae', 'benchmark_training']
+           'target_of', 'weights_of', 'update_average', 'hand_out', 'Callback', 'ProgressCallback', 'WandbCallback',
+           'checkpoint_name', 'list_checkpoints', 'latest_checkpoint', 'save_checkpoint', 'load_checkpoint',
+           'CheckpointCallback', 'SAETrainer', 'check_source', 'hold_out_eval', 'latent_change', 'train_sae',
+           'benchmark_training']
 
 # %% ../nbs/05_trainer.ipynb #2771bbbd
 def lr_factor(step:int, # 0-based step
@@ -79,6 +80,7 @@ class TrainingState:
     split:Optional[dict] = None # what was held out: tokens, texts, their ids (and shards); None when nothing was
     history:dict = field(default_factory=lambda: {n: [] for n in CORE_METRICS}) # metric -> values at logged steps
     eval_history:dict = field(default_factory=lambda: {'step': [], 'eval_loss': [], 'eval_fvu': []}) # held-out results
+    weight_average:Optional[dict] = None # parameter name -> the moving average of its weights (None: not averaging)
 
     @property
     def eval_batch(self) -> Optional[Batch]:
@@ -200,6 +202,25 @@ def target_of(sae, batch:Batch) -> torch.Tensor: # [batch, input_dim]
                          f"'model.layers.3.mlp') and give a source or Batch with target=.")
     return batch.acts
 
+# %% ../nbs/05_trainer.ipynb #a544f66a
+def weights_of(sae) -> dict:
+    "A copy of every parameter of `sae`, by name."
+    return {n: p.detach().clone() for n, p in sae.named_parameters()}
+
+@torch.no_grad()
+def update_average(average:dict, # parameter name -> its moving average, updated in place
+                   sae, decay:float): # β: the share of the old average kept
+    "One step of the moving average of `sae`'s weights: average ← β·average + (1 − β)·weights."
+    params = dict(sae.named_parameters())
+    torch._foreach_lerp_(list(average.values()), [params[n].detach() for n in average], 1 - decay)
+
+@torch.no_grad()
+def hand_out(sae, average:dict,
+             unit_atoms:bool=True): # the run keeps its atoms at unit norm (every step): so does the average
+    "Put the averaged weights in `sae`, its decoder atoms back at unit norm (the average of unit atoms is shorter)."
+    for n, p in sae.named_parameters(): p.copy_(average[n])
+    if unit_atoms: sae.normalize_decoder()
+
 # %% ../nbs/05_trainer.ipynb #10ae29b1
 class Callback:
     "Hooks into the training loop; each method reads the trainer."
@@ -284,11 +305,11 @@ def _set_rng_state(rng:dict):
     torch.set_rng_state(rng['cpu'])
     if rng['cuda'] and torch.cuda.is_available(): torch.cuda.set_rng_state_all(rng['cuda'])
 
-def _state_payload(trainer) -> dict:
+def _state_payload(trainer, live_weights:Optional[dict]=None) -> dict:
     s = trainer.state
     return {**{f.name: getattr(s, f.name) for f in fields(TrainingState)}, 'optimizer': trainer.optimizer.state_dict(),
             'scaler': trainer.scaler.state_dict() if trainer.scaler else None, 'rng': _rng_state(),
-            'config': trainer.cfg.to_dict()}
+            'config': trainer.cfg.to_dict(), 'live_weights': live_weights}
 
 # %% ../nbs/05_trainer.ipynb #66a1d580
 def save_checkpoint(trainer, folder:Union[str, Path]) -> Path:
@@ -304,8 +325,9 @@ def save_checkpoint(trainer, folder:Union[str, Path]) -> Path:
         raise OSError(f"Cannot write a checkpoint into {folder}: {e.strerror}. The previous checkpoints are untouched; "
                       f"free some space or choose another checkpoint_dir.") from None
     try:
-        trainer.sae.save(tmp)
-        torch.save(_state_payload(trainer), tmp/'trainer_state.pt')
+        with trainer.averaged() as live:  # the SAE file is the one the run hands out; the step's own weights resume
+            trainer.sae.save(tmp)
+            torch.save(_state_payload(trainer, live), tmp/'trainer_state.pt')
         if final.exists(): shutil.rmtree(final)
         os.replace(tmp, final)
     except OSError as e:
@@ -357,6 +379,7 @@ class SAETrainer:
         self.optimizer = torch.optim.Adam(self.sae.parameters(), lr=config.peak_lr, fused=True)
         self.scaler = torch.amp.GradScaler('cuda') if config.use_amp and config.amp_dtype == 'float16' else None
         self.state, self.parallel, self.total_steps, self.last_checkpoint = TrainingState(), parallel, None, None
+        self._live = None  # after `finish`: the step's own weights, while the SAE holds their average
         self.loss_module = parallel.wrap(self.sae) if parallel else None  # the SAE's loss in DistributedDataParallel
         main = parallel is None or parallel.rank == 0  # only one process shows progress, logs and saves
         # wandb first: its start takes seconds and may warn, which belongs before the progress bar, not inside it
@@ -376,6 +399,18 @@ class SAETrainer:
         return self.cfg.auxk_after if spec.topk_style else self.cfg.dead_feature_window
     def _emit(self, event, *args):
         for cb in self.callbacks: getattr(cb, event)(self, *args)
+
+@patch
+@contextmanager
+def averaged(self:SAETrainer):
+    "Within it, `trainer.sae` holds the SAE the run would hand out now; yields the step's own weights (None: no average)."
+    if self.state.weight_average is None: yield None; return
+    held = weights_of(self.sae)
+    hand_out(self.sae, self.state.weight_average, self.cfg.normalize_decoder_every == 1)
+    try: yield self._live if self._live is not None else held  # after `finish`, the SAE holds the average
+    finally:
+        with torch.no_grad():
+            for n, p in self.sae.named_parameters(): p.copy_(held[n])
 
 # %% ../nbs/05_trainer.ipynb #2ab3bfc3
 def check_source(source:ActivationSource, cfg:SAEConfig):
@@ -448,12 +483,15 @@ def _resume(self:SAETrainer, path, source):
             for n in ARCHITECTURE_FIELDS if theirs.get(n) != getattr(self.cfg, n)]
     if diff: raise CheckpointError(f"Cannot resume from {path}: it is an SAE of another shape ({'; '.join(diff)}). "
                                    f"Resume with the config it was trained with, or start a new run.")
-    self.sae.load_state_dict(sae.state_dict())
+    self.sae.load_state_dict(sae.state_dict()); self._live = None
+    if payload.get('live_weights'): self.sae.load_state_dict(payload['live_weights'], strict=False)  # the step's own
     self.optimizer.load_state_dict(payload['optimizer'])
     if self.scaler and payload['scaler']: self.scaler.load_state_dict(payload['scaler'])
     self.state = TrainingState(**{f.name: payload[f.name] for f in fields(TrainingState) if f.name in payload})
     if self.state.tokens_since_fired is not None:
         self.state.tokens_since_fired = self.state.tokens_since_fired.to(self.device)
+    if self.state.weight_average is not None:
+        self.state.weight_average = {n: w.to(self.device) for n, w in self.state.weight_average.items()}
     if self.state.split and 'text_ids' in self.state.split:
         source.exclude(self.state.split)  # the same texts stay held out
     source.load_state_dict(self.state.data_position)
@@ -519,7 +557,7 @@ def evaluate_batch(self:SAETrainer, batch:Batch, batch_size:int=8192) -> dict:
 def _evaluate(self:SAETrainer) -> bool:
     "Evaluate, record, and say whether to stop early."
     s = self.state
-    r = self.evaluate_batch(s.eval_batch)
+    with self.averaged(): r = self.evaluate_batch(s.eval_batch)  # the SAE the run would hand out now
     s.eval_history['step'].append(s.step)
     for k, v in r.items(): s.eval_history.setdefault(k, []).append(v)
     if r['eval_loss'] < s.best_eval_loss: s.best_eval_loss, s.evals_since_best = r['eval_loss'], 0
@@ -557,6 +595,13 @@ def begin(self:SAETrainer, source, first, # its first batch (None when resuming)
             if d.get('target') is not None: d['target'] = d['target'].float()
             s.eval_x, s.eval_meta = d.pop('acts').float(), d
         if eval_data is not None or source.split: s.split = source.split or {'tokens': len(eval_data), 'given': True}
+    if self._live is not None:  # a further run after `finish`: training goes on from the step's own weights
+        with torch.no_grad():
+            for n, p in self.sae.named_parameters(): p.copy_(self._live[n])
+        self._live = None
+    averaging = cfg.average_decay(self.total_steps, step=self.total_steps or 10**9) > 0  # length unknown: in time
+    if not averaging: s.weight_average = None
+    elif s.weight_average is None: s.weight_average = weights_of(self.sae)  # a new run, or one saved without one
     amp = lambda: torch.autocast(self.device.type, dtype=getattr(torch, cfg.amp_dtype))
     pick = select_dtype(cfg.select_dtype, self.device)  # the product the sparse top-k picks from (02a_kernels)
     self._autocast = lambda: _both(amp() if cfg.use_amp else nullcontext(), pick_dtype(pick))
@@ -594,6 +639,7 @@ def step(self:SAETrainer, batch # a `Batch` or a [batch, input_dim] tensor, on t
         s.any_dead = bool((s.tokens_since_fired >= window).any())
     if s.step % cfg.normalize_decoder_every == 0: self.sae.normalize_decoder()
     if cfg.resample_dead_every and s.step % cfg.resample_dead_every == 0: self._resample(batch, out)
+    if s.weight_average is not None: update_average(s.weight_average, self.sae, cfg.average_decay(n_steps, s.step))
     s.data_position = self.source.state_dict()
     if s.step % cfg.log_every == 0: self._log(x, out, terms, total)
     stop = bool(cfg.eval_every and s.eval_x is not None and s.step % cfg.eval_every == 0 and self._evaluate())
@@ -611,7 +657,8 @@ def _resample(self:SAETrainer, batch, out):
     if resample_dead_latents(self.sae, self.optimizer, sc(target_of(self.sae, batch)), sc(x_hat), dead, gen, inputs):
         self.state.tokens_since_fired[dead] = 0
         self.state.any_dead = bool((self.state.tokens_since_fired >= self.revive_window).any())  # AuxK's may remain
-        if self.parallel: self.parallel.broadcast(self.sae)
+        if self.parallel: self.parallel.broadcast(self.sae)  # first: every process's average starts from the same
+        if self.state.weight_average is not None: self.state.weight_average = weights_of(self.sae)  # starts anew
 
 def _record(history:dict, m:TrainingMetrics):
     "Append one logged step; a term first seen now gets a column, NaN before (and NaN where a term is absent)."
@@ -633,8 +680,11 @@ def _log(self:SAETrainer, x, out, terms, total):
 
 @patch
 def finish(self:SAETrainer):
-    "End the run: a last evaluation if the final step had none, then the callbacks' `on_end` (the last checkpoint)."
+    "End the run: hand out the averaged weights, evaluate them if the last step was not, then `on_end` (the checkpoint)."
     s = self.state
+    if s.weight_average is not None:
+        self._live = weights_of(self.sae)  # the last checkpoint, and a further `train`, go on from the step's own
+        hand_out(self.sae, s.weight_average, self.cfg.normalize_decoder_every == 1)
     evaluated_last_step = bool(s.eval_history['step']) and s.eval_history['step'][-1] == s.step
     if self.cfg.eval_every and s.eval_x is not None and not evaluated_last_step: self._evaluate()
     self._emit('on_end')

@@ -77,6 +77,7 @@ CASES = {
     'lr_schedule': Case(('linear', 'cosine', 'wsd'), 'weights'),
     'decay_fraction': Case((0.1, 1.0), 'weights', dict(lr_schedule='wsd')),
     'grad_clip': Case((1e-3,), 'weights'),  # the losses are normalised: gradients rarely reach the default 1.0
+    'average_steps': Case((4,), 'weights'),  # 16 steps: the default horizon (4% of them) is under a step, so none
     'use_amp': Case((True,), 'weights'),  # bfloat16 autocast on the CPU
     'amp_dtype': Case(('float16',), 'error', dict(use_amp=True), raises=(ConfigError, "amp_dtype='float16'")),
     'seed': Case((1,), 'weights'),
