@@ -403,7 +403,7 @@ class SAETrainer:
 @patch
 @contextmanager
 def averaged(self:SAETrainer):
-    "Within it, `trainer.sae` holds the SAE the run would hand out now; yields the step's own weights (None: no average)."
+    "Within it, `trainer.sae` is the SAE the run would hand out now; yields the step's own weights (None: no average)."
     if self.state.weight_average is None: yield None; return
     held = weights_of(self.sae)
     hand_out(self.sae, self.state.weight_average, self.cfg.normalize_decoder_every == 1)
@@ -680,7 +680,7 @@ def _log(self:SAETrainer, x, out, terms, total):
 
 @patch
 def finish(self:SAETrainer):
-    "End the run: hand out the averaged weights, evaluate them if the last step was not, then `on_end` (the checkpoint)."
+    "End the run: hand out the averaged weights, evaluate them unless the last step was, then `on_end` (checkpoint)."
     s = self.state
     if s.weight_average is not None:
         self._live = weights_of(self.sae)  # the last checkpoint, and a further `train`, go on from the step's own
