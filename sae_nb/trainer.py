@@ -25,10 +25,10 @@ from .data import ActivationSource, InMemoryActivations, Batch, Captured, as_bat
 # %% auto #0
 __all__ = ['CORE_METRICS', 'ARCHITECTURE_FIELDS', 'BENCH_SCRIPT', 'lr_factor', 'TrainingMetrics', 'TrainingState',
            'update_dead_counters', 'fired_latents', 'resample_dead_latents', 'sae_loss', 'SAELoss', 'train_step',
-           'target_of', 'weights_of', 'update_average', 'hand_out', 'Callback', 'ProgressCallback', 'WandbCallback',
-           'checkpoint_name', 'list_checkpoints', 'latest_checkpoint', 'save_checkpoint', 'load_checkpoint',
-           'CheckpointCallback', 'SAETrainer', 'check_source', 'hold_out_eval', 'latent_change', 'train_sae',
-           'benchmark_training']
+           'target_of', 'weights_of', 'update_average', 'load_weights', 'hand_out', 'Callback', 'ProgressCallback',
+           'WandbCallback', 'checkpoint_name', 'list_checkpoints', 'latest_checkpoint', 'save_checkpoint',
+           'load_checkpoint', 'CheckpointCallback', 'SAETrainer', 'check_source', 'hold_out_eval', 'latent_change',
+           'train_sae', 'benchmark_training']
 
 # %% ../nbs/05_trainer.ipynb #2771bbbd
 def lr_factor(step:int, # 0-based step
@@ -215,10 +215,15 @@ def update_average(average:dict, # parameter name -> its moving average, updated
     torch._foreach_lerp_(list(average.values()), [params[n].detach() for n in average], 1 - decay)
 
 @torch.no_grad()
+def load_weights(sae, weights:dict): # parameter name -> tensor, e.g. from `weights_of`
+    "Copy `weights` into `sae`'s parameters, in place."
+    for n, p in sae.named_parameters(): p.copy_(weights[n])
+
+@torch.no_grad()
 def hand_out(sae, average:dict,
              unit_atoms:bool=True): # the run keeps its atoms at unit norm (every step): so does the average
     "Put the averaged weights in `sae`, its decoder atoms back at unit norm (the average of unit atoms is shorter)."
-    for n, p in sae.named_parameters(): p.copy_(average[n])
+    load_weights(sae, average)
     if unit_atoms: sae.normalize_decoder()
 
 # %% ../nbs/05_trainer.ipynb #10ae29b1
@@ -408,9 +413,7 @@ def averaged(self:SAETrainer):
     held = weights_of(self.sae)
     hand_out(self.sae, self.state.weight_average, self.cfg.normalize_decoder_every == 1)
     try: yield self._live if self._live is not None else held  # after `finish`, the SAE holds the average
-    finally:
-        with torch.no_grad():
-            for n, p in self.sae.named_parameters(): p.copy_(held[n])
+    finally: load_weights(self.sae, held)
 
 # %% ../nbs/05_trainer.ipynb #2ab3bfc3
 def check_source(source:ActivationSource, cfg:SAEConfig):
@@ -596,9 +599,7 @@ def begin(self:SAETrainer, source, first, # its first batch (None when resuming)
             s.eval_x, s.eval_meta = d.pop('acts').float(), d
         if eval_data is not None or source.split: s.split = source.split or {'tokens': len(eval_data), 'given': True}
     if self._live is not None:  # a further run after `finish`: training goes on from the step's own weights
-        with torch.no_grad():
-            for n, p in self.sae.named_parameters(): p.copy_(self._live[n])
-        self._live = None
+        load_weights(self.sae, self._live); self._live = None
     averaging = cfg.average_decay(self.total_steps, step=self.total_steps or 10**9) > 0  # length unknown: in time
     if not averaging: s.weight_average = None
     elif s.weight_average is None: s.weight_average = weights_of(self.sae)  # a new run, or one saved without one
