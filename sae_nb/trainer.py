@@ -221,10 +221,10 @@ def load_weights(sae, weights:dict): # parameter name -> tensor, e.g. from `weig
 
 @torch.no_grad()
 def hand_out(sae, average:dict,
-             unit_atoms:bool=True): # the run keeps its atoms at unit norm (every step): so does the average
+             unit_atoms:Optional[bool]=None): # None: as the run keeps them (unit norm if renormalised every step)
     "Put the averaged weights in `sae`, its decoder atoms back at unit norm (the average of unit atoms is shorter)."
     load_weights(sae, average)
-    if unit_atoms: sae.normalize_decoder()
+    if sae.cfg.normalize_decoder_every == 1 if unit_atoms is None else unit_atoms: sae.normalize_decoder()
 
 # %% ../nbs/05_trainer.ipynb #10ae29b1
 class Callback:
@@ -411,7 +411,7 @@ def averaged(self:SAETrainer):
     "Within it, `trainer.sae` is the SAE the run would hand out now; yields the step's own weights (None: no average)."
     if self.state.weight_average is None: yield None; return
     held = weights_of(self.sae)
-    hand_out(self.sae, self.state.weight_average, self.cfg.normalize_decoder_every == 1)
+    hand_out(self.sae, self.state.weight_average)
     try: yield self._live if self._live is not None else held  # after `finish`, the SAE holds the average
     finally: load_weights(self.sae, held)
 
@@ -600,7 +600,7 @@ def begin(self:SAETrainer, source, first, # its first batch (None when resuming)
         if eval_data is not None or source.split: s.split = source.split or {'tokens': len(eval_data), 'given': True}
     if self._live is not None:  # a further run after `finish`: training goes on from the step's own weights
         load_weights(self.sae, self._live); self._live = None
-    averaging = cfg.average_decay(self.total_steps, step=self.total_steps or 10**9) > 0  # length unknown: in time
+    averaging = cfg.average_decay(self.total_steps, step=self.total_steps or math.inf) > 0  # by the run's end
     if not averaging: s.weight_average = None
     elif s.weight_average is None: s.weight_average = weights_of(self.sae)  # a new run, or one saved without one
     amp = lambda: torch.autocast(self.device.type, dtype=getattr(torch, cfg.amp_dtype))
@@ -685,7 +685,7 @@ def finish(self:SAETrainer):
     s = self.state
     if s.weight_average is not None:
         self._live = weights_of(self.sae)  # the last checkpoint, and a further `train`, go on from the step's own
-        hand_out(self.sae, s.weight_average, self.cfg.normalize_decoder_every == 1)
+        hand_out(self.sae, s.weight_average)
     evaluated_last_step = bool(s.eval_history['step']) and s.eval_history['step'][-1] == s.step
     if self.cfg.eval_every and s.eval_x is not None and not evaluated_last_step: self._evaluate()
     self._emit('on_end')
