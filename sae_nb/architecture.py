@@ -20,17 +20,18 @@ from safetensors.torch import load_file, save_file
 from .config import SAEConfig, ConfigError, atomic_path, atomic_write_text, pick_device
 from .losses import (batch_variance, normalized_mse, l1_penalty, decorrelation_loss, auxk_loss,
                            auxk_residual_loss, ghost_grads_loss, probe_loss, temporal_smoothness_loss)
-from .kernels import sparse_topk_encode, topk_select, encode_at, triton_decode, fast_sparse_decode
+from .kernels import (sparse_topk_encode, topk_select, encode_at, triton_decode, fast_sparse_decode,
+                            relu_sparse_decode)
 
 # %% auto #0
 __all__ = ['VARIANTS', 'ACTIVATION_REGISTRY', 'register_activation', 'Activation', 'LOSS_NAMES', 'Encoded', 'Variant',
            'SAELensLayout', 'SparsifyLayout', 'register_variant', 'SAEOutput', 'SparseAutoencoder', 'sparse_decode',
-           'dense_decode', 'l1_sparsity', 'ghost_terms', 'relu_encode', 'scatter_latents', 'topk_encode_sparse',
-           'auxk_terms', 'topk_encode', 'dense_twin', 'batchtopk_encode', 'JumpReLUSettings', 'jumprelu_threshold',
-           'set_jumprelu_threshold', 'jumprelu_l0', 'l0_sparsity', 'l0_target_terms', 'jumprelu_encode',
-           'GatedSettings', 'gated_sparsity', 'gated_aux_terms', 'gated_encode', 'MatryoshkaSettings', 'prefix_ends',
-           'prefix_terms', 'matryoshka_encode', 'geometric_median', 'sparse_auxk_loss', 'TopKSae', 'CheckpointError',
-           'UnsupportedFormat']
+           'dense_decode', 'sparse_decoder', 'l1_sparsity', 'ghost_terms', 'relu_encode', 'scatter_latents',
+           'topk_encode_sparse', 'auxk_terms', 'topk_encode', 'dense_twin', 'batchtopk_encode', 'JumpReLUSettings',
+           'jumprelu_threshold', 'set_jumprelu_threshold', 'jumprelu_l0', 'l0_sparsity', 'l0_target_terms',
+           'jumprelu_encode', 'GatedSettings', 'gated_sparsity', 'gated_aux_terms', 'gated_encode',
+           'MatryoshkaSettings', 'prefix_ends', 'prefix_terms', 'matryoshka_encode', 'geometric_median',
+           'sparse_auxk_loss', 'TopKSae', 'CheckpointError', 'UnsupportedFormat']
 
 # %% ../nbs/02_architecture.ipynb #c3db781c
 class Encoded(NamedTuple):
@@ -201,6 +202,13 @@ def dense_decode(top_vals, top_idx, W_dec):
     return h.scatter(1, top_idx, top_vals.to(W_dec.dtype)) @ W_dec
 
 # %% ../nbs/02_architecture.ipynb #03693594
+def sparse_decoder(sae, after_relu:bool=False, # the values come from a ReLU: the CPU's CSR path skips their zeros
+                  ) -> Callable: # (values, indices, W_dec, groups=None) -> [batch, input_dim]
+    "The sparse decoder `sae.cfg.kernels` asks for: autograd's `sparse_decode`, the CSR backward, or Triton's."
+    if sae.cfg.kernels == 'autograd': return lambda vals, idx, W_dec, groups=None: sparse_decode(vals, idx, W_dec)
+    if sae.cfg.kernels == 'triton': return triton_decode
+    return relu_sparse_decode if after_relu else fast_sparse_decode
+
 @patch
 def forward(self:SparseAutoencoder, x:torch.Tensor, # [batch, input_dim]
             dead_mask:Optional[torch.Tensor]=None, # [latent_dim] bool: the dead latents AuxK may use (training)
@@ -208,11 +216,8 @@ def forward(self:SparseAutoencoder, x:torch.Tensor, # [batch, input_dim]
     "Encode and decode `x`; top-k decodes sparsely when `cfg.sparse_decode` (by Triton when `cfg.kernels='triton'`)."
     pre, enc = self.encode_full(x, dead_mask)
     if enc.top_idx is not None and (self.cfg.sparse_decode or enc.h is None):
-        if self.cfg.kernels == 'autograd': x_hat = sparse_decode(enc.top_vals, enc.top_idx, self.W_dec)
-        else:
-            decode_fn = triton_decode if self.cfg.kernels == 'triton' else fast_sparse_decode
-            x_hat = decode_fn(enc.top_vals, enc.top_idx, self.W_dec, enc.groups)
-        x_hat = self.unscale_output(x_hat + self.b_dec)
+        decode = sparse_decoder(self)
+        x_hat = self.unscale_output(decode(enc.top_vals, enc.top_idx, self.W_dec, enc.groups) + self.b_dec)
     else: x_hat = self.decode(enc.h)
     if self.variant.skip: x_hat = x_hat + self.variant.skip(self, x)  # on the raw input: input_scale cancels out
     return SAEOutput(x_hat, enc.h, pre, enc.top_vals, enc.top_idx, self.cfg.latent_dim, enc.aux)
@@ -258,16 +263,19 @@ def topk_encode_sparse(sae, x, dead_mask=None,
     # AuxK's pick of the dead latents, from the same encoder pass, and its weight min(dead / k_aux, 1)
     return Encoded(None, vals, idx, groups, (*aux[0], weight) if aux else None)
 
-def auxk_terms(sae, x, x_hat, h, *, pre_acts=None, dead_mask=None, out=None, **context):
+def auxk_terms(sae, x, x_hat, h, *, pre_acts=None, dead_mask=None, out=None, variance=None, **context):
     "AuxK (Gao et al. 2024, §A.2): the top dead latents reconstruct the residual, once some latent is dead."
     c = sae.cfg
     if dead_mask is None or not c.auxk_coeff: return {}
     if pre_acts is not None:
-        return {'auxk_loss': (c.auxk_coeff, auxk_loss(x, x_hat, pre_acts, dead_mask, sae.W_dec, c.aux_k))}
+        return {'auxk_loss': (c.auxk_coeff, auxk_loss(x, x_hat, pre_acts, dead_mask, sae.W_dec, c.aux_k, variance))}
     if out is not None and out.aux is not None:  # the sparse forward picked them (it was given the dead latents)
         vals, idx, weight = out.aux
-        return {'auxk_loss': (c.auxk_coeff, auxk_residual_loss(x, x_hat, vals, idx, sae.W_dec, weight))}
-    if sae.variant.encode_sparse: return {'auxk_loss': (c.auxk_coeff, sparse_auxk_loss(sae, x, x_hat, dead_mask))}
+        decode = sparse_decoder(sae, after_relu=True)
+        loss = auxk_residual_loss(x, x_hat, vals, idx, sae.W_dec, weight, decode, variance)
+        return {'auxk_loss': (c.auxk_coeff, loss)}
+    if sae.variant.encode_sparse:
+        return {'auxk_loss': (c.auxk_coeff, sparse_auxk_loss(sae, x, x_hat, dead_mask, variance))}
     return {}
 
 def _topk_to_saelens(sae, t): return dict(k=sae.cfg.k, rescale_acts_by_decoder_norm=False)
@@ -612,7 +620,7 @@ def folded(self:SparseAutoencoder) -> SparseAutoencoder:
     return self if self._scale == 1.0 else copy.deepcopy(self).fold_input_scale()
 
 # %% ../nbs/02_architecture.ipynb #54d8c713
-def sparse_auxk_loss(sae:SparseAutoencoder, x, x_hat, dead_mask) -> torch.Tensor:
+def sparse_auxk_loss(sae:SparseAutoencoder, x, x_hat, dead_mask, variance=None) -> torch.Tensor:
     "`auxk_loss` on the sparse paths for a forward that was not given `dead_mask`: the dead latents' products again."
     dead = dead_mask.nonzero().squeeze(1)
     if len(dead) == 0: return x.new_zeros(())
@@ -620,7 +628,9 @@ def sparse_auxk_loss(sae:SparseAutoencoder, x, x_hat, dead_mask) -> torch.Tensor
     vals, j = topk_select(x, sae.W_enc[:, dead], sae.b_enc[dead], sae.b_dec, min(k_aux, len(dead)))
     idx = dead[j]
     vals = encode_at(vals, idx, x, sae.W_enc, sae.b_enc, sae.b_dec, use_triton=sae.cfg.kernels == 'triton')
-    return auxk_residual_loss(x, x_hat, vals, idx, sae.W_dec, min(len(dead) / k_aux, 1.0))
+    weight = min(len(dead) / k_aux, 1.0)
+    decode = sparse_decoder(sae, after_relu=True)
+    return auxk_residual_loss(x, x_hat, vals, idx, sae.W_dec, weight, decode, variance)
 
 # the terms always reported (0.0 when off); a variant's own terms come beside them
 LOSS_NAMES = ('recon_loss', 'l1_loss', 'decorr_loss', 'probe_loss', 'temporal_loss', 'auxk_loss', 'ghost_loss')

@@ -14,8 +14,8 @@ import torch.nn.functional as F
 
 # %% auto #0
 __all__ = ['tl', 'triton', 'native_bf16_cpu', 'select_dtype', 'pick_dtype', 'chunk_rows', 'topk_select', 'values_at', 'ByLatent',
-           'group_by_latent', 'segment_sum', 'segment_sum_reference', 'encode_at', 'sparse_topk_encode',
-           'fast_sparse_decode', 'triton_segment_sum', 'triton_decode']
+           'group_by_latent', 'segment_sum', 'nonzero_groups', 'segment_sum_reference', 'encode_at',
+           'sparse_topk_encode', 'fast_sparse_decode', 'relu_sparse_decode', 'triton_segment_sum', 'triton_decode']
 
 # %% ../nbs/02a_kernels.ipynb #a9835d71
 @lru_cache(maxsize=1)
@@ -115,14 +115,17 @@ class ByLatent(NamedTuple):
     rows: torch.Tensor # [batch * k] the token of each entry, grouped by latent
     order: torch.Tensor # [batch * k] the entry's position in the flat table
 
-def group_by_latent(idx:torch.Tensor, # [batch, k] indices of the active latents
-                    latent_dim:int) -> ByLatent:
+def group_by_latent(idx:torch.Tensor, # [batch, k] indices of the active latents (or [n] entries of any rows)
+                    latent_dim:int,
+                    rows:torch.Tensor|None=None, # [n] each entry's token, for a 1-D `idx`
+                   ) -> ByLatent:
     "Sort the flat index table by latent (stable, so the result does not depend on the device)."
     flat = idx.flatten()
     order = flat.argsort(stable=True)
     # counted by index_add: on a GPU `bincount` reads its input's maximum back to the host, a sync every step
     counts = torch.zeros(latent_dim, dtype=torch.long, device=idx.device).index_add_(0, flat, torch.ones_like(flat))
-    return ByLatent(torch.cat([counts.new_zeros(1), counts.cumsum(0)]), order // idx.shape[1], order)
+    return ByLatent(torch.cat([counts.new_zeros(1), counts.cumsum(0)]),
+                    order // idx.shape[1] if rows is None else rows[order], order)
 
 def segment_sum(groups:ByLatent, weights:torch.Tensor, # [batch, k] one weight per active entry
                 src:torch.Tensor, # [batch, d] one row per token
@@ -135,6 +138,14 @@ def segment_sum(groups:ByLatent, weights:torch.Tensor, # [batch, k] one weight p
         csr = torch.sparse_csr_tensor(crow, rows, w, (len(crow) - 1, len(src)), device=src.device,
                                       check_invariants=False)
     return csr @ src
+
+def nonzero_groups(idx:torch.Tensor, # [batch, k] indices of the active latents
+                   weights:torch.Tensor, # [batch, k] one weight per entry
+                   latent_dim:int) -> tuple: # `ByLatent` of the entries kept, and their weights
+    "`group_by_latent` of the entries whose weight is not 0 (the others add nothing to a `segment_sum`), on a CPU."
+    if weights.device.type != 'cpu': return group_by_latent(idx, latent_dim), weights  # a mask would sync a GPU
+    live = weights != 0
+    return group_by_latent(idx[live], latent_dim, rows=live.nonzero()[:, 0]), weights[live]
 
 def segment_sum_reference(idx, weights, src, latent_dim):
     "The same sum with `index_add`: materialises `[batch * k, d]` contributions."
@@ -154,12 +165,11 @@ class _EncodeAt(torch.autograd.Function):
         idx, x, W_enc, b_dec = ctx.saved_tensors
         g = g.to(W_enc.dtype)
         grads = [None] * 8
-        groups = ctx.groups or group_by_latent(idx, W_enc.shape[1])
         d_b_enc = torch.zeros(W_enc.shape[1], dtype=W_enc.dtype, device=g.device)
         d_b_enc.index_add_(0, idx.flatten(), g.flatten())
         if ctx.needs_input_grad[3]:
-            summed = (triton_segment_sum if ctx.use_triton else segment_sum)(groups, g, (x.to(W_enc.dtype) - b_dec))
-            grads[3] = summed.T
+            groups, w = (ctx.groups, g) if ctx.groups is not None else nonzero_groups(idx, g, W_enc.shape[1])
+            grads[3] = (triton_segment_sum if ctx.use_triton else segment_sum)(groups, w, x.to(W_enc.dtype) - b_dec).T
         if ctx.needs_input_grad[4]: grads[4] = d_b_enc
         if ctx.needs_input_grad[5]: grads[5] = -(W_enc @ d_b_enc)
         if ctx.needs_input_grad[2]:
@@ -191,32 +201,43 @@ def sparse_topk_encode(x, W_enc, b_enc, b_dec, k:int, use_triton:bool=False,
 # %% ../nbs/02a_kernels.ipynb #8195c991
 class _SparseDecode(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, vals, idx, W_dec, groups):
-        ctx.save_for_backward(vals, idx, W_dec)
+    def forward(ctx, vals, idx, W_dec, groups, offsets):
+        ctx.save_for_backward(vals, idx, W_dec, offsets)
         ctx.groups = groups
-        return F.embedding_bag(idx, W_dec, per_sample_weights=vals, mode='sum')
+        return F.embedding_bag(idx, W_dec, offsets, per_sample_weights=vals, mode='sum')
 
     @staticmethod
     def backward(ctx, g):
-        vals, idx, W_dec = ctx.saved_tensors
-        n, k = idx.shape
+        vals, idx, W_dec, offsets = ctx.saved_tensors
+        n, ragged = len(g), offsets is not None
+        per_row = offsets.diff(append=offsets.new_tensor([len(idx)])) if ragged else idx.shape[1]
+        rows = torch.arange(n, device=idx.device).repeat_interleave(per_row)  # each entry's token
         d_vals = d_W = None
         if ctx.needs_input_grad[0]:  # the same kernel embedding_bag's own backward calls for its weights
-            offsets = torch.arange(0, n * k, k, device=idx.device)
-            bag_of = torch.arange(n, device=idx.device).repeat_interleave(k)
+            starts = offsets if ragged else torch.arange(0, idx.numel(), idx.shape[1], device=idx.device)
             d_vals = torch.ops.aten._embedding_bag_per_sample_weights_backward(
-                g.contiguous(), W_dec, idx.flatten(), offsets, bag_of, 0, -1).view(n, k)
+                g.contiguous(), W_dec, idx.flatten(), starts, rows, 0, -1).view(idx.shape)
         if ctx.needs_input_grad[2]:
-            d_W = segment_sum(ctx.groups or group_by_latent(idx, W_dec.shape[0]), vals, g.to(W_dec.dtype))
-        return d_vals, None, d_W, None
+            groups = ctx.groups or group_by_latent(idx, W_dec.shape[0], rows if ragged else None)
+            d_W = segment_sum(groups, vals, g.to(W_dec.dtype))
+        return d_vals, None, d_W, None, None
 
-def fast_sparse_decode(vals:torch.Tensor, # [batch, k] values of the active latents
-                       idx:torch.Tensor, # [batch, k] their indices
+def fast_sparse_decode(vals:torch.Tensor, # [batch, k] values of the active latents (or [n], with `offsets`)
+                       idx:torch.Tensor, # [batch, k] their indices (or [n])
                        W_dec:torch.Tensor, # [latent_dim, input_dim]
                        groups:ByLatent|None=None, # `group_by_latent(idx)`, if already computed
+                       offsets:torch.Tensor|None=None, # [batch]: row i's entries start at offsets[i] of 1-D ones
                       ) -> torch.Tensor: # [batch, input_dim], without the decoder bias
     "`sparse_decode` with the atoms' gradient as a CSR product."
-    return _SparseDecode.apply(vals.to(W_dec.dtype), idx, W_dec, groups)
+    return _SparseDecode.apply(vals.to(W_dec.dtype), idx, W_dec, groups, offsets)
+
+def relu_sparse_decode(vals:torch.Tensor, # [batch, k] values after a ReLU
+                       idx:torch.Tensor, W_dec:torch.Tensor, groups=None) -> torch.Tensor: # [batch, input_dim]
+    "`fast_sparse_decode` of ReLU outputs: on a CPU the entries at 0 are left out (the ReLU zeroes their gradient)."
+    if vals.device.type != 'cpu': return fast_sparse_decode(vals, idx, W_dec, groups)  # a mask would sync a GPU
+    live = vals.detach() != 0
+    counts = live.sum(1)
+    return fast_sparse_decode(vals[live], idx[live], W_dec, offsets=counts.cumsum(0) - counts)
 
 # %% ../nbs/02a_kernels.ipynb #b47ed81f
 tl = triton = None  # bound by `_triton()` on first use

@@ -70,21 +70,29 @@ def auxk_loss(x:torch.Tensor, # [batch, input_dim] inputs
               dead_mask:torch.Tensor, # [latent_dim] bool, True for dead latents
               W_dec:torch.Tensor, # [latent_dim, input_dim] decoder atoms
               k_aux:int, # how many dead latents may help per token
+              variance=None, # `batch_variance(x)`, if already computed
              ) -> torch.Tensor:
     "Normalised error of reconstructing the residual x − x̂ with the top-k_aux dead latents."
     n_dead = int(dead_mask.sum())
     if n_dead == 0: return x.new_zeros(())
     vals, idx = pre_acts.masked_fill(~dead_mask, float('-inf')).topk(min(k_aux, n_dead), dim=-1, sorted=False)
-    return auxk_residual_loss(x, x_hat, vals, idx, W_dec, min(n_dead / k_aux, 1.0))
+    return auxk_residual_loss(x, x_hat, vals, idx, W_dec, min(n_dead / k_aux, 1.0), variance=variance)
 
 def auxk_residual_loss(x, x_hat, # [batch, input_dim] inputs and reconstruction
                        vals, idx, # [batch, k_aux] pre-activations of the chosen dead latents, and their indices
                        W_dec:torch.Tensor, # [latent_dim, input_dim]
                        scale:float, # min(dead / k_aux, 1): fewer dead latents, less weight
+                       decode=None, # (values, indices, W_dec) -> Σ value · atom per row (None: `F.embedding_bag`)
+                       variance=None, # `batch_variance(x)`, if already computed
                       ) -> torch.Tensor:
     "AuxK's error once its dead latents are chosen (shared by the dense and the sparse encoders)."
-    residual_hat = F.embedding_bag(idx, W_dec, per_sample_weights=F.relu(vals).to(W_dec.dtype), mode='sum')
-    return scale * (residual_hat - (x - x_hat).detach()).pow(2).sum() / (x - x.mean(0)).pow(2).sum().clamp(min=1e-12)
+    acts = F.relu(vals).to(W_dec.dtype)
+    residual_hat = (decode or _bag_sum)(acts, idx, W_dec)
+    var = batch_variance(x) if variance is None else variance
+    error = F.mse_loss(residual_hat.float(), (x - x_hat).detach().float(), reduction='sum')  # one fused kernel
+    return scale * error / (var * len(x))
+
+def _bag_sum(acts, idx, W_dec): return F.embedding_bag(idx, W_dec, per_sample_weights=acts, mode='sum')
 
 # %% ../nbs/03_losses.ipynb #45b41e07
 def ghost_grads_loss(x:torch.Tensor, # [batch, input_dim] inputs
