@@ -26,10 +26,10 @@ from .kernels import (sparse_topk_encode, topk_select, encode_at, triton_decode,
 # %% auto #0
 __all__ = ['VARIANTS', 'ACTIVATION_REGISTRY', 'register_activation', 'Activation', 'LOSS_NAMES', 'Encoded', 'Variant',
            'SAELensLayout', 'SparsifyLayout', 'register_variant', 'SAEOutput', 'SparseAutoencoder', 'sparse_decode',
-           'dense_decode', 'sparse_decoder', 'l1_sparsity', 'ghost_terms', 'relu_encode', 'scatter_latents',
-           'topk_encode_sparse', 'auxk_terms', 'topk_encode', 'dense_twin', 'batchtopk_encode', 'JumpReLUSettings',
-           'jumprelu_threshold', 'set_jumprelu_threshold', 'jumprelu_l0', 'l0_sparsity', 'l0_target_terms',
-           'jumprelu_encode', 'GatedSettings', 'gated_sparsity', 'gated_aux_terms', 'gated_encode',
+           'dense_decode', 'sparse_decoder', 'auxk_decoder', 'l1_sparsity', 'ghost_terms', 'relu_encode',
+           'scatter_latents', 'topk_encode_sparse', 'auxk_terms', 'topk_encode', 'dense_twin', 'batchtopk_encode',
+           'JumpReLUSettings', 'jumprelu_threshold', 'set_jumprelu_threshold', 'jumprelu_l0', 'l0_sparsity',
+           'l0_target_terms', 'jumprelu_encode', 'GatedSettings', 'gated_sparsity', 'gated_aux_terms', 'gated_encode',
            'MatryoshkaSettings', 'prefix_ends', 'prefix_terms', 'matryoshka_encode', 'geometric_median',
            'sparse_auxk_loss', 'TopKSae', 'CheckpointError', 'UnsupportedFormat']
 
@@ -202,12 +202,15 @@ def dense_decode(top_vals, top_idx, W_dec):
     return h.scatter(1, top_idx, top_vals.to(W_dec.dtype)) @ W_dec
 
 # %% ../nbs/02_architecture.ipynb #03693594
-def sparse_decoder(sae, after_relu:bool=False, # the values come from a ReLU: the CPU's CSR path skips their zeros
-                  ) -> Callable: # (values, indices, W_dec, groups=None) -> [batch, input_dim]
+def sparse_decoder(sae) -> Callable: # (values, indices, W_dec, groups=None) -> [batch, input_dim]
     "The sparse decoder `sae.cfg.kernels` asks for: autograd's `sparse_decode`, the CSR backward, or Triton's."
     if sae.cfg.kernels == 'autograd': return lambda vals, idx, W_dec, groups=None: sparse_decode(vals, idx, W_dec)
-    if sae.cfg.kernels == 'triton': return triton_decode
-    return relu_sparse_decode if after_relu else fast_sparse_decode
+    return triton_decode if sae.cfg.kernels == 'triton' else fast_sparse_decode
+
+def auxk_decoder(sae) -> Optional[Callable]: # (values, indices, W_dec) -> [batch, input_dim]; None: `F.embedding_bag`
+    "AuxK's: the CSR backward without the picks at zero after its ReLU (`relu_sparse_decode`), else `F.embedding_bag`."
+    # Triton's decoder loops over a row's picks one by one; at AuxK's k_aux (up to 512) it is not measured
+    return relu_sparse_decode if sae.cfg.kernels == 'sparse' else None
 
 @patch
 def forward(self:SparseAutoencoder, x:torch.Tensor, # [batch, input_dim]
@@ -271,8 +274,7 @@ def auxk_terms(sae, x, x_hat, h, *, pre_acts=None, dead_mask=None, out=None, var
         return {'auxk_loss': (c.auxk_coeff, auxk_loss(x, x_hat, pre_acts, dead_mask, sae.W_dec, c.aux_k, variance))}
     if out is not None and out.aux is not None:  # the sparse forward picked them (it was given the dead latents)
         vals, idx, weight = out.aux
-        decode = sparse_decoder(sae, after_relu=True)
-        loss = auxk_residual_loss(x, x_hat, vals, idx, sae.W_dec, weight, decode, variance)
+        loss = auxk_residual_loss(x, x_hat, vals, idx, sae.W_dec, weight, auxk_decoder(sae), variance)
         return {'auxk_loss': (c.auxk_coeff, loss)}
     if sae.variant.encode_sparse:
         return {'auxk_loss': (c.auxk_coeff, sparse_auxk_loss(sae, x, x_hat, dead_mask, variance))}
@@ -629,8 +631,7 @@ def sparse_auxk_loss(sae:SparseAutoencoder, x, x_hat, dead_mask, variance=None) 
     idx = dead[j]
     vals = encode_at(vals, idx, x, sae.W_enc, sae.b_enc, sae.b_dec, use_triton=sae.cfg.kernels == 'triton')
     weight = min(len(dead) / k_aux, 1.0)
-    decode = sparse_decoder(sae, after_relu=True)
-    return auxk_residual_loss(x, x_hat, vals, idx, sae.W_dec, weight, decode, variance)
+    return auxk_residual_loss(x, x_hat, vals, idx, sae.W_dec, weight, auxk_decoder(sae), variance)
 
 # the terms always reported (0.0 when off); a variant's own terms come beside them
 LOSS_NAMES = ('recon_loss', 'l1_loss', 'decorr_loss', 'probe_loss', 'temporal_loss', 'auxk_loss', 'ghost_loss')

@@ -110,10 +110,10 @@ def values_at(x:torch.Tensor, W:torch.Tensor, bias:torch.Tensor, # [batch, d], [
 
 # %% ../nbs/02a_kernels.ipynb #732c3bad
 class ByLatent(NamedTuple):
-    "The `[batch, k]` index table grouped by latent: flat entries `order[crow[f]:crow[f+1]]` hold latent f."
+    "An index table grouped by latent: flat entries `order[crow[f]:crow[f+1]]` hold latent f."
     crow: torch.Tensor # [latent_dim + 1] start of each latent's entries
-    rows: torch.Tensor # [batch * k] the token of each entry, grouped by latent
-    order: torch.Tensor # [batch * k] the entry's position in the flat table
+    rows: torch.Tensor # [n] the token of each entry, grouped by latent (n = batch · k for a `[batch, k]` table)
+    order: torch.Tensor # [n] the entry's position in the flat table grouped (for `nonzero_groups`, the kept one)
 
 def group_by_latent(idx:torch.Tensor, # [batch, k] indices of the active latents (or [n] entries of any rows)
                     latent_dim:int,
@@ -209,16 +209,17 @@ class _SparseDecode(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         vals, idx, W_dec, offsets = ctx.saved_tensors
-        n, ragged = len(g), offsets is not None
-        per_row = offsets.diff(append=offsets.new_tensor([len(idx)])) if ragged else idx.shape[1]
-        rows = torch.arange(n, device=idx.device).repeat_interleave(per_row)  # each entry's token
+        ragged = offsets is not None
+        def rows():  # each entry's token
+            per_row = offsets.diff(append=offsets.new_tensor([len(idx)])) if ragged else idx.shape[1]
+            return torch.arange(len(g), device=idx.device).repeat_interleave(per_row, output_size=idx.numel())
         d_vals = d_W = None
         if ctx.needs_input_grad[0]:  # the same kernel embedding_bag's own backward calls for its weights
             starts = offsets if ragged else torch.arange(0, idx.numel(), idx.shape[1], device=idx.device)
             d_vals = torch.ops.aten._embedding_bag_per_sample_weights_backward(
-                g.contiguous(), W_dec, idx.flatten(), starts, rows, 0, -1).view(idx.shape)
+                g.contiguous(), W_dec, idx.flatten(), starts, rows(), 0, -1).view(idx.shape)
         if ctx.needs_input_grad[2]:
-            groups = ctx.groups or group_by_latent(idx, W_dec.shape[0], rows if ragged else None)
+            groups = ctx.groups or group_by_latent(idx, W_dec.shape[0], rows() if ragged else None)
             d_W = segment_sum(groups, vals, g.to(W_dec.dtype))
         return d_vals, None, d_W, None, None
 
@@ -231,10 +232,10 @@ def fast_sparse_decode(vals:torch.Tensor, # [batch, k] values of the active late
     "`sparse_decode` with the atoms' gradient as a CSR product."
     return _SparseDecode.apply(vals.to(W_dec.dtype), idx, W_dec, groups, offsets)
 
-def relu_sparse_decode(vals:torch.Tensor, # [batch, k] values after a ReLU
-                       idx:torch.Tensor, W_dec:torch.Tensor, groups=None) -> torch.Tensor: # [batch, input_dim]
+def relu_sparse_decode(vals:torch.Tensor, # [batch, k] values straight out of a ReLU (a 0 must get no gradient)
+                       idx:torch.Tensor, W_dec:torch.Tensor) -> torch.Tensor: # [batch, input_dim]
     "`fast_sparse_decode` of ReLU outputs: on a CPU the entries at 0 are left out (the ReLU zeroes their gradient)."
-    if vals.device.type != 'cpu': return fast_sparse_decode(vals, idx, W_dec, groups)  # a mask would sync a GPU
+    if vals.device.type != 'cpu': return fast_sparse_decode(vals, idx, W_dec)  # a mask would sync a GPU
     live = vals.detach() != 0
     counts = live.sum(1)
     return fast_sparse_decode(vals[live], idx[live], W_dec, offsets=counts.cumsum(0) - counts)
