@@ -224,7 +224,8 @@ def hand_out(sae, average:dict,
              unit_atoms:Optional[bool]=None): # None: as the run keeps them (unit norm if renormalised every step)
     "Put the averaged weights in `sae`, its decoder atoms back at unit norm (the average of unit atoms is shorter)."
     load_weights(sae, average)
-    if sae.cfg.normalize_decoder_every == 1 if unit_atoms is None else unit_atoms: sae.normalize_decoder()
+    if unit_atoms is None: unit_atoms = sae.cfg.normalize_decoder_every == 1
+    if unit_atoms: sae.normalize_decoder()
 
 # %% ../nbs/05_trainer.ipynb #10ae29b1
 class Callback:
