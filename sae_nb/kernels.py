@@ -4,7 +4,7 @@
 
 # %% ../nbs/02a_kernels.ipynb #4db15845
 from __future__ import annotations
-import os, threading, warnings
+import math, os, threading, warnings
 from contextlib import contextmanager
 from functools import lru_cache
 from typing import NamedTuple
@@ -13,9 +13,10 @@ import torch
 import torch.nn.functional as F
 
 # %% auto #0
-__all__ = ['tl', 'triton', 'native_bf16_cpu', 'select_dtype', 'pick_dtype', 'chunk_rows', 'topk_select', 'values_at', 'ByLatent',
-           'group_by_latent', 'segment_sum', 'nonzero_groups', 'segment_sum_reference', 'encode_at',
-           'sparse_topk_encode', 'fast_sparse_decode', 'relu_sparse_decode', 'triton_segment_sum', 'triton_decode']
+__all__ = ['tl', 'triton', 'native_bf16_cpu', 'select_dtype', 'pick_dtype', 'chunk_rows', 'row_topk', 'topk_select', 'values_at',
+           'ByLatent', 'group_by_latent', 'segment_sum', 'nonzero_groups', 'segment_sum_reference', 'Centred',
+           'encode_at', 'sparse_topk_encode', 'fast_sparse_decode', 'relu_sparse_decode', 'triton_segment_sum',
+           'triton_decode']
 
 # %% ../nbs/02a_kernels.ipynb #a9835d71
 @lru_cache(maxsize=1)
@@ -42,6 +43,19 @@ def pick_dtype(dtype:torch.dtype|None): # None: the input's
 def chunk_rows(latent_dim:int, device:torch.device) -> int:
     "Rows per chunk of the top-k selection: about 2M pre-activations on a CPU (cache-sized), all of them on a GPU."
     return 2**62 if device.type == 'cuda' else max(1, 2**21 // latent_dim)
+
+def row_topk(p:torch.Tensor, # [rows, latents] pre-activations
+             k:int) -> tuple: # values and indices, [rows, k] each, in no particular order
+    "The k largest of each row, as `topk(k, sorted=False)`; on a CPU, `topk` runs on a few candidates of each row."
+    n, L = p.shape
+    if p.device.type != 'cpu' or L < 8 * k: return p.topk(k, dim=-1, sorted=False)
+    b = 2 ** round(math.log2(math.sqrt(L / k)))  # the slices: b of L/b values, balancing the two selections
+    if L % b: return p.topk(k, dim=-1, sorted=False)
+    slices = p.reshape(n, b, L // b)  # column c of slice m is latent m·L/b + c
+    _, cols = row_topk(slices.amax(1), k)  # the k columns of the largest maxima hold a top k
+    latents = (torch.arange(0, L, L // b, device=p.device).view(b, 1) + cols.unsqueeze(1)).view(n, b * k)
+    vals, j = slices.gather(2, cols.unsqueeze(1).expand(-1, b, -1)).view(n, b * k).topk(k, dim=-1, sorted=False)
+    return vals, latents.gather(1, j)
 
 @torch.no_grad()
 def topk_select(x:torch.Tensor, # [batch, input_dim]
@@ -75,7 +89,7 @@ def topk_select(x:torch.Tensor, # [batch, input_dim]
     if chunk == len(x):  # one product, under autocast in its precision
         p = product(x)
         p = (p.to(x.dtype) if low else p).add_(bias)
-        picks = (*p.topk(k, dim=-1, sorted=False), *(second(p) if among is not None else ()))
+        picks = (*row_topk(p, k), *(second(p) if among is not None else ()))
     else:
         vals = torch.empty(len(x), k, dtype=x.dtype, device=x.device)
         idx = torch.empty(len(x), k, dtype=torch.long, device=x.device)
@@ -86,7 +100,7 @@ def topk_select(x:torch.Tensor, # [batch, input_dim]
             # faster than addmm, which first copies the bias into every row
             if low: p = pre[:len(rows)].copy_(product(rows)).add_(bias)
             else: p = torch.mm(rows, W_enc, out=pre[:len(rows)]).add_(bias)
-            torch.topk(p, k, dim=-1, sorted=False, out=(vals[s:s + chunk], idx[s:s + chunk]))
+            vals[s:s + chunk], idx[s:s + chunk] = row_topk(p, k)
             if among is not None: seconds.append(second(p))
         picks = (vals, idx, *(torch.cat(t) for t in zip(*seconds)))
     if not low: return picks
@@ -153,23 +167,31 @@ def segment_sum_reference(idx, weights, src, latent_dim):
     return src.new_zeros(latent_dim, src.shape[1]).index_add_(0, idx.flatten(), contrib)
 
 # %% ../nbs/02a_kernels.ipynb #775df667
+class Centred:
+    "x − b_dec, made by the first backward that needs it and kept for the others of the same forward."
+    value = None
+    def __call__(self, x, b_dec, dtype):
+        if self.value is None: self.value = x.to(dtype) - b_dec
+        return self.value
+
 class _EncodeAt(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, vals, idx, x, W_enc, b_enc, b_dec, use_triton, groups):
+    def forward(ctx, vals, idx, x, W_enc, b_enc, b_dec, use_triton, groups, centred):
         ctx.save_for_backward(idx, x, W_enc, b_dec)
-        ctx.use_triton, ctx.groups = use_triton, groups
+        ctx.use_triton, ctx.groups, ctx.centred = use_triton, groups, centred
         return vals.view_as(vals)
 
     @staticmethod
     def backward(ctx, g):
         idx, x, W_enc, b_dec = ctx.saved_tensors
         g = g.to(W_enc.dtype)
-        grads = [None] * 8
+        grads = [None] * 9
         d_b_enc = torch.zeros(W_enc.shape[1], dtype=W_enc.dtype, device=g.device)
         d_b_enc.index_add_(0, idx.flatten(), g.flatten())
         if ctx.needs_input_grad[3]:
             groups, w = (ctx.groups, g) if ctx.groups is not None else nonzero_groups(idx, g, W_enc.shape[1])
-            grads[3] = (triton_segment_sum if ctx.use_triton else segment_sum)(groups, w, x.to(W_enc.dtype) - b_dec).T
+            centred = ctx.centred(x, b_dec, W_enc.dtype) if ctx.centred else x.to(W_enc.dtype) - b_dec
+            grads[3] = (triton_segment_sum if ctx.use_triton else segment_sum)(groups, w, centred).T
         if ctx.needs_input_grad[4]: grads[4] = d_b_enc
         if ctx.needs_input_grad[5]: grads[5] = -(W_enc @ d_b_enc)
         if ctx.needs_input_grad[2]:
@@ -181,9 +203,10 @@ def encode_at(vals:torch.Tensor, # [batch, k] pre-activations at `idx`, computed
               x:torch.Tensor, W_enc:torch.Tensor, b_enc:torch.Tensor, b_dec:torch.Tensor,
               use_triton:bool=False, # the weight gradient by the Triton kernel instead of a CSR product
               groups:ByLatent|None=None, # `group_by_latent(idx)`, if already computed
+              centred:Centred|None=None, # x − b_dec, shared with the other selections of the same x
              ) -> torch.Tensor: # [batch, k] `vals`, with the gradient of `((x - b_dec) @ W_enc + b_enc).gather(1, idx)`
     "Attach the sparse encoder gradient to pre-activation values computed elsewhere."
-    return _EncodeAt.apply(vals, idx, x, W_enc, b_enc, b_dec, use_triton, groups)
+    return _EncodeAt.apply(vals, idx, x, W_enc, b_enc, b_dec, use_triton, groups, centred)
 
 def sparse_topk_encode(x, W_enc, b_enc, b_dec, k:int, use_triton:bool=False,
                        among:torch.Tensor|None=None, k_among:int=0, # a second selection, as `topk_select`'s
@@ -193,10 +216,11 @@ def sparse_topk_encode(x, W_enc, b_enc, b_dec, k:int, use_triton:bool=False,
     training = torch.is_grad_enabled() and W_enc.requires_grad
     # shared by the decoder's backward and the encoder's
     groups = group_by_latent(idx, W_enc.shape[1]) if training else None
-    top = F.relu(encode_at(pre_vals, idx, x, W_enc, b_enc, b_dec, use_triton, groups)), idx, groups
+    centred = Centred() if second else None  # the two backwards centre x once
+    top = F.relu(encode_at(pre_vals, idx, x, W_enc, b_enc, b_dec, use_triton, groups, centred)), idx, groups
     if not second: return top
     # the second selection's pre-activations (before any ReLU), with their own sparse gradient
-    return *top, (encode_at(second[0], second[1], x, W_enc, b_enc, b_dec, use_triton), second[1])
+    return *top, (encode_at(second[0], second[1], x, W_enc, b_enc, b_dec, use_triton, centred=centred), second[1])
 
 # %% ../nbs/02a_kernels.ipynb #8195c991
 class _SparseDecode(torch.autograd.Function):

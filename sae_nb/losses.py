@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 
 # %% auto #0
-__all__ = ['mse', 'fvu', 'explained_variance', 'batch_variance', 'normalized_mse', 'l1_penalty', 'decorrelation_loss',
-           'decorrelation_loss_naive', 'auxk_loss', 'auxk_residual_loss', 'ghost_grads_loss', 'probe_loss',
-           'temporal_smoothness_loss']
+__all__ = ['mse', 'fvu', 'explained_variance', 'sum_squares', 'batch_variance', 'normalized_mse', 'l1_penalty',
+           'decorrelation_loss', 'decorrelation_loss_naive', 'auxk_loss', 'auxk_residual_loss', 'ghost_grads_loss',
+           'probe_loss', 'temporal_smoothness_loss']
 
 # %% ../nbs/03_losses.ipynb #9d35a164
 def mse(x:torch.Tensor, x_hat:torch.Tensor) -> torch.Tensor: # [batch, input_dim] each
@@ -28,17 +28,36 @@ def explained_variance(x:torch.Tensor, x_hat:torch.Tensor) -> torch.Tensor:
     return 1 - fvu(x, x_hat)
 
 # %% ../nbs/03_losses.ipynb #b6c1f505
+class _SumSquares(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, t):
+        ctx.save_for_backward(t)
+        flat = t.reshape(-1).float()
+        with torch.autocast(t.device.type, enabled=False): return torch.dot(flat, flat)
+
+    @staticmethod
+    def backward(ctx, g):
+        t, = ctx.saved_tensors
+        return (t * (2 * g)).to(t.dtype)
+
+def sum_squares(t:torch.Tensor # any shape
+               ) -> torch.Tensor: # a float32 scalar
+    "Σ t², as one dot product (its gradient 2t in one pass)."
+    return _SumSquares.apply(t)
+
+def _rows(x): return x.numel() // x.shape[-1]  # tokens of a [..., input_dim] batch
+
 def batch_variance(x:torch.Tensor # [batch, input_dim]
                   ) -> torch.Tensor:
     "σ²: mean over tokens of ‖x − x̄‖², the unit every loss term is measured in."
-    return (x - x.mean(0)).pow(2).sum(-1).mean().clamp(min=1e-12)
+    return (sum_squares(x - x.mean(0)) / _rows(x)).clamp(min=1e-12)
 
 def normalized_mse(x:torch.Tensor, x_hat:torch.Tensor, # [batch, input_dim] each
                    variance:Optional[torch.Tensor]=None, # `batch_variance(x)`, if already computed
                   ) -> torch.Tensor:
-    "The reconstruction loss: mean ‖x − x̂‖² over σ², the batch's FVU (one fused MSE kernel)."
+    "The reconstruction loss: mean ‖x − x̂‖² over σ², the batch's FVU."
     var = batch_variance(x) if variance is None else variance
-    return F.mse_loss(x_hat, x) * x.shape[-1] / var
+    return sum_squares(x_hat - x) / (var * _rows(x))
 
 # %% ../nbs/03_losses.ipynb #0155607a
 def l1_penalty(h:torch.Tensor, # [batch, latent_dim] latents
@@ -89,7 +108,8 @@ def auxk_residual_loss(x, x_hat, # [batch, input_dim] inputs and reconstruction
     acts = F.relu(vals).to(W_dec.dtype)
     residual_hat = (decode or _bag_sum)(acts, idx, W_dec)
     var = batch_variance(x) if variance is None else variance
-    error = F.mse_loss(residual_hat.float(), (x - x_hat).detach().float(), reduction='sum')  # one fused kernel
+    # the error residual_hat − (x − x̂), made in its own buffer: added to and subtracted from in place
+    error = sum_squares((residual_hat.float() + x_hat.detach().float()).sub_(x.float()))
     return scale * error / (var * len(x))
 
 def _bag_sum(acts, idx, W_dec): return F.embedding_bag(idx, W_dec, per_sample_weights=acts, mode='sum')
