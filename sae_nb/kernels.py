@@ -48,7 +48,7 @@ def row_topk(p:torch.Tensor, # [rows, latents] pre-activations
              k:int) -> tuple: # values and indices, [rows, k] each, in no particular order
     "The k largest of each row, as `topk(k, sorted=False)`; on a CPU, `topk` runs on a few candidates of each row."
     n, L = p.shape
-    if p.device.type != 'cpu' or L < 8 * k: return p.topk(k, dim=-1, sorted=False)
+    if p.device.type != 'cpu' or k < 1 or L < 8 * k: return p.topk(k, dim=-1, sorted=False)
     b = 2 ** round(math.log2(math.sqrt(L / k)))  # the slices: b of L/b values, balancing the two selections
     if L % b: return p.topk(k, dim=-1, sorted=False)
     slices = p.reshape(n, b, L // b)  # column c of slice m is latent m·L/b + c
@@ -168,11 +168,13 @@ def segment_sum_reference(idx, weights, src, latent_dim):
 
 # %% ../nbs/02a_kernels.ipynb #775df667
 class Centred:
-    "x − b_dec, made by the first backward that needs it and kept for the others of the same forward."
-    value = None
+    "x − b_dec for the encoder backwards of one forward: made by the first that needs it, let go by the last."
+    def __init__(self, uses:int): self.uses, self.value = uses, None
     def __call__(self, x, b_dec, dtype):
-        if self.value is None: self.value = x.to(dtype) - b_dec
-        return self.value
+        value = x.to(dtype) - b_dec if self.value is None else self.value
+        self.uses -= 1
+        self.value = value if self.uses > 0 else None  # not kept with the graph after its last use
+        return value
 
 class _EncodeAt(torch.autograd.Function):
     @staticmethod
@@ -216,7 +218,7 @@ def sparse_topk_encode(x, W_enc, b_enc, b_dec, k:int, use_triton:bool=False,
     training = torch.is_grad_enabled() and W_enc.requires_grad
     # shared by the decoder's backward and the encoder's
     groups = group_by_latent(idx, W_enc.shape[1]) if training else None
-    centred = Centred() if second else None  # the two backwards centre x once
+    centred = Centred(uses=2) if second else None  # the two backwards centre x once
     top = F.relu(encode_at(pre_vals, idx, x, W_enc, b_enc, b_dec, use_triton, groups, centred)), idx, groups
     if not second: return top
     # the second selection's pre-activations (before any ReLU), with their own sparse gradient

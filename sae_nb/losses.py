@@ -32,7 +32,8 @@ class _SumSquares(torch.autograd.Function):
     @staticmethod
     def forward(ctx, t):
         ctx.save_for_backward(t)
-        flat = t.reshape(-1).float()
+        flat = t.reshape(-1)
+        if flat.dtype != torch.float64: flat = flat.float()
         with torch.autocast(t.device.type, enabled=False): return torch.dot(flat, flat)
 
     @staticmethod
@@ -41,7 +42,7 @@ class _SumSquares(torch.autograd.Function):
         return (t * (2 * g)).to(t.dtype)
 
 def sum_squares(t:torch.Tensor # any shape
-               ) -> torch.Tensor: # a float32 scalar
+               ) -> torch.Tensor: # a float32 scalar (float64 for a float64 t)
     "Σ t², as one dot product (its gradient 2t in one pass)."
     return _SumSquares.apply(t)
 
@@ -109,7 +110,7 @@ def auxk_residual_loss(x, x_hat, # [batch, input_dim] inputs and reconstruction
     residual_hat = (decode or _bag_sum)(acts, idx, W_dec)
     var = batch_variance(x) if variance is None else variance
     # the error residual_hat − (x − x̂), made in its own buffer: added to and subtracted from in place
-    error = sum_squares((residual_hat.float() + x_hat.detach().float()).sub_(x.float()))
+    error = sum_squares((residual_hat.float() + x_hat.detach().float()).sub_(x.detach().float()))
     return scale * error / (var * len(x))
 
 def _bag_sum(acts, idx, W_dec): return F.embedding_bag(idx, W_dec, per_sample_weights=acts, mode='sum')
