@@ -192,8 +192,8 @@ class _EncodeAt(torch.autograd.Function):
         d_b_enc.index_add_(0, idx.flatten(), g.flatten())
         if ctx.needs_input_grad[3]:
             groups, w = (ctx.groups, g) if ctx.groups is not None else nonzero_groups(idx, g, W_enc.shape[1])
-            centred = ctx.centred(x, b_dec, W_enc.dtype) if ctx.centred else x.to(W_enc.dtype) - b_dec
-            grads[3] = (triton_segment_sum if ctx.use_triton else segment_sum)(groups, w, centred).T
+            segment = triton_segment_sum if ctx.use_triton else segment_sum
+            grads[3] = segment(groups, w, ctx.centred(x, b_dec, W_enc.dtype)).T
         if ctx.needs_input_grad[4]: grads[4] = d_b_enc
         if ctx.needs_input_grad[5]: grads[5] = -(W_enc @ d_b_enc)
         if ctx.needs_input_grad[2]:
@@ -205,10 +205,10 @@ def encode_at(vals:torch.Tensor, # [batch, k] pre-activations at `idx`, computed
               x:torch.Tensor, W_enc:torch.Tensor, b_enc:torch.Tensor, b_dec:torch.Tensor,
               use_triton:bool=False, # the weight gradient by the Triton kernel instead of a CSR product
               groups:ByLatent|None=None, # `group_by_latent(idx)`, if already computed
-              centred:Centred|None=None, # x − b_dec, shared with the other selections of the same x
+              centred:Centred|None=None, # x − b_dec, shared with another selection of the same x (None: its own)
              ) -> torch.Tensor: # [batch, k] `vals`, with the gradient of `((x - b_dec) @ W_enc + b_enc).gather(1, idx)`
     "Attach the sparse encoder gradient to pre-activation values computed elsewhere."
-    return _EncodeAt.apply(vals, idx, x, W_enc, b_enc, b_dec, use_triton, groups, centred)
+    return _EncodeAt.apply(vals, idx, x, W_enc, b_enc, b_dec, use_triton, groups, centred or Centred(uses=1))
 
 def sparse_topk_encode(x, W_enc, b_enc, b_dec, k:int, use_triton:bool=False,
                        among:torch.Tensor|None=None, k_among:int=0, # a second selection, as `topk_select`'s
@@ -218,7 +218,7 @@ def sparse_topk_encode(x, W_enc, b_enc, b_dec, k:int, use_triton:bool=False,
     training = torch.is_grad_enabled() and W_enc.requires_grad
     # shared by the decoder's backward and the encoder's
     groups = group_by_latent(idx, W_enc.shape[1]) if training else None
-    centred = Centred(uses=2) if second else None  # the two backwards centre x once
+    centred = Centred(uses=2 if second else 1)  # with AuxK's picks, the two backwards centre x once
     top = F.relu(encode_at(pre_vals, idx, x, W_enc, b_enc, b_dec, use_triton, groups, centred)), idx, groups
     if not second: return top
     # the second selection's pre-activations (before any ReLU), with their own sparse gradient
