@@ -601,9 +601,10 @@ def normalize_decoder(self:SparseAutoencoder):
 @torch.no_grad()
 def remove_parallel_grads(self:SparseAutoencoder):
     "Remove from `W_dec.grad` its component along each (unit-norm) atom (none for a transcoder's)."
-    if self.W_dec.grad is None or self.variant.transcodes: return
-    atoms = self.W_dec / self.W_dec.norm(dim=-1, keepdim=True).clamp(min=1e-8)
-    self.W_dec.grad -= (self.W_dec.grad * atoms).sum(-1, keepdim=True) * atoms
+    W, g = self.W_dec, self.W_dec.grad
+    if g is None or self.variant.transcodes: return
+    along = torch.bmm(g.unsqueeze(1), W.unsqueeze(2)).view(-1) / W.norm(dim=-1).clamp(min=1e-8).square()
+    g.addcmul_(W, along.unsqueeze(1), value=-1)  # g − (g·a/|a|²) a, in place: no [latent_dim, input_dim] temporary
 
 # %% ../nbs/02_architecture.ipynb #576755a8
 @patch

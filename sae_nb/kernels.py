@@ -13,10 +13,10 @@ import torch
 import torch.nn.functional as F
 
 # %% auto #0
-__all__ = ['tl', 'triton', 'native_bf16_cpu', 'select_dtype', 'pick_dtype', 'chunk_rows', 'row_topk', 'topk_select', 'values_at',
-           'ByLatent', 'group_by_latent', 'segment_sum', 'nonzero_groups', 'segment_sum_reference', 'Centred',
-           'encode_at', 'sparse_topk_encode', 'fast_sparse_decode', 'relu_sparse_decode', 'triton_segment_sum',
-           'triton_decode']
+__all__ = ['tl', 'triton', 'native_bf16_cpu', 'select_dtype', 'pick_dtype', 'chunk_rows', 'row_topk', 'topk_select',
+           'sampled_dots', 'values_at', 'ByLatent', 'group_by_latent', 'segment_sum', 'nonzero_groups',
+           'segment_sum_reference', 'Centred', 'encode_at', 'sparse_topk_encode', 'fast_sparse_decode',
+           'relu_sparse_decode', 'triton_segment_sum', 'triton_decode']
 
 # %% ../nbs/02a_kernels.ipynb #a9835d71
 @lru_cache(maxsize=1)
@@ -41,15 +41,15 @@ def pick_dtype(dtype:torch.dtype|None): # None: the input's
     finally: _PICK.dtype = before
 
 def chunk_rows(latent_dim:int, device:torch.device) -> int:
-    "Rows per chunk of the top-k selection: about 2M pre-activations on a CPU (cache-sized), all of them on a GPU."
-    return 2**62 if device.type == 'cuda' else max(1, 2**21 // latent_dim)
+    "Rows per chunk of the top-k selection: about 4M pre-activations on a CPU (16 MB in float32), all on a GPU."
+    return 2**62 if device.type == 'cuda' else max(1, 2**22 // latent_dim)
 
 def row_topk(p:torch.Tensor, # [rows, latents] pre-activations
              k:int) -> tuple: # values and indices, [rows, k] each, in no particular order
     "The k largest of each row, as `topk(k, sorted=False)`; on a CPU, `topk` runs on a few candidates of each row."
     n, L = p.shape
     if p.device.type != 'cpu' or k < 1 or L < 8 * k: return p.topk(k, dim=-1, sorted=False)
-    b = 2 ** round(math.log2(math.sqrt(L / k)))  # the slices: b of L/b values, balancing the two selections
+    b = 2 ** math.floor(math.log2(math.sqrt(L / k)))  # b slices of L/b values: b·k ≤ L/b, see above
     if L % b: return p.topk(k, dim=-1, sorted=False)
     slices = p.reshape(n, b, L // b)  # column c of slice m is latent m·L/b + c
     _, cols = row_topk(slices.amax(1), k)  # the k columns of the largest maxima hold a top k
@@ -81,15 +81,15 @@ def topk_select(x:torch.Tensor, # [batch, input_dim]
         if not low: return rows @ W_enc  # under autocast, in its dtype
         with torch.autocast(x.device.type, enabled=False): return rows.to(low) @ W_pick
     chunk = min(chunk or chunk_rows(W_enc.shape[1], x.device), len(x))
-    def second(p):  # from the same pre-activations: the second selection costs no product
+    def second(p):  # from the same pre-activations (overwritten): the second selection costs no product
         if among.dtype == torch.bool:  # always k_among picks: -inf fills them where fewer latents are marked
-            return p.masked_fill(~among, float('-inf')).topk(k_among, dim=-1, sorted=False)
+            return row_topk(p.masked_fill_(~among, float('-inf')), k_among)
         v, j = p.index_select(1, among).topk(min(k_among, len(among)), dim=-1, sorted=False)
         return v, among[j]
     if chunk == len(x):  # one product, under autocast in its precision
         p = product(x)
         p = (p.to(x.dtype) if low else p).add_(bias)
-        picks = (*row_topk(p, k), *(second(p) if among is not None else ()))
+        picks = (*row_topk(p, k), *(second(p) if among is not None else ()))  # the top k first: second(p) overwrites p
     else:
         vals = torch.empty(len(x), k, dtype=x.dtype, device=x.device)
         idx = torch.empty(len(x), k, dtype=torch.long, device=x.device)
@@ -107,6 +107,17 @@ def topk_select(x:torch.Tensor, # [batch, input_dim]
     W = W_enc.T.contiguous().mT  # the layout the sampled product reads: transposed once, not once per call
     return tuple(t for v, i in zip(picks[::2], picks[1::2]) for t in values_at(x, W, bias, i, v))
 
+def sampled_dots(a:torch.Tensor, # [rows, d]
+                 B:torch.Tensor, # [n, d]
+                 crow:torch.Tensor, # [rows + 1]: row r's entries are crow[r]:crow[r+1]
+                 cols:torch.Tensor, # [entries] a row of B for each entry
+                ) -> torch.Tensor: # [entries] a[r] · B[cols[e]] for each entry e of row r
+    "One dot product an entry: `(a @ B.T)` sampled at a CSR pattern (on a CPU, in any order within a row)."
+    with warnings.catch_warnings():
+        warnings.filterwarnings('ignore', 'Sparse CSR tensor support is in beta')
+        at = torch.sparse_csr_tensor(crow, cols, a.new_zeros(len(cols)), (len(a), len(B)), check_invariants=False)
+        return torch.sparse.sampled_addmm(at, a, B.mT, beta=0.0).values()
+
 def values_at(x:torch.Tensor, W:torch.Tensor, bias:torch.Tensor, # [batch, d], [d, latent_dim], [latent_dim]
               idx:torch.Tensor, # [batch, k] latents of each row
               picked:torch.Tensor|None=None, # [batch, k] their values from elsewhere: -inf entries stay -inf
@@ -114,11 +125,7 @@ def values_at(x:torch.Tensor, W:torch.Tensor, bias:torch.Tensor, # [batch, d], [
     "`x @ W + bias` at `idx` alone: k dot products per row (a sampled product), not the whole product."
     idx, order = idx.sort(-1)
     n, k = idx.shape
-    with warnings.catch_warnings():
-        warnings.filterwarnings('ignore', 'Sparse CSR tensor support is in beta')
-        at = torch.sparse_csr_tensor(torch.arange(0, n * k + 1, k, device=x.device), idx.flatten(),
-                                     x.new_zeros(n * k), (n, W.shape[1]), check_invariants=False)
-        vals = torch.sparse.sampled_addmm(at, x, W, beta=0.0).values().view(n, k) + bias[idx]
+    vals = sampled_dots(x, W.mT, torch.arange(0, n * k + 1, k, device=x.device), idx.flatten()).view(n, k) + bias[idx]
     if picked is not None: vals = torch.where(picked.gather(1, order) == float('-inf'), float('-inf'), vals)
     return vals, idx
 
@@ -151,7 +158,9 @@ def segment_sum(groups:ByLatent, weights:torch.Tensor, # [batch, k] one weight p
         warnings.filterwarnings('ignore', 'Sparse CSR tensor support is in beta')
         csr = torch.sparse_csr_tensor(crow, rows, w, (len(crow) - 1, len(src)), device=src.device,
                                       check_invariants=False)
-    return csr @ src
+    if src.device.type != 'cpu': return csr @ src
+    out = src.new_zeros(len(crow) - 1, src.shape[1])  # on a CPU `csr @ src` would fill and copy a result of its own
+    return torch.addmm(out, csr, src, beta=0, out=out)
 
 def nonzero_groups(idx:torch.Tensor, # [batch, k] indices of the active latents
                    weights:torch.Tensor, # [batch, k] one weight per entry
@@ -240,10 +249,14 @@ class _SparseDecode(torch.autograd.Function):
             per_row = offsets.diff(append=offsets.new_tensor([len(idx)])) if ragged else idx.shape[1]
             return torch.arange(len(g), device=idx.device).repeat_interleave(per_row, output_size=idx.numel())
         d_vals = d_W = None
-        if ctx.needs_input_grad[0]:  # the same kernel embedding_bag's own backward calls for its weights
+        if ctx.needs_input_grad[0]:  # each entry's g · its atom
             starts = offsets if ragged else torch.arange(0, idx.numel(), idx.shape[1], device=idx.device)
-            d_vals = torch.ops.aten._embedding_bag_per_sample_weights_backward(
-                g.contiguous(), W_dec, idx.flatten(), starts, rows(), 0, -1).view(idx.shape)
+            if g.device.type == 'cpu' and W_dec.dtype in (torch.float32, torch.float64):  # a sampled product
+                crow = torch.cat([starts, starts.new_tensor([idx.numel()])])
+                d_vals = sampled_dots(g.to(W_dec.dtype), W_dec, crow, idx.flatten()).view(idx.shape)
+            else:  # the kernel embedding_bag's own backward calls for its weights
+                d_vals = torch.ops.aten._embedding_bag_per_sample_weights_backward(
+                    g.contiguous(), W_dec, idx.flatten(), starts, rows(), 0, -1).view(idx.shape)
         if ctx.needs_input_grad[2]:
             groups = ctx.groups or group_by_latent(idx, W_dec.shape[0], rows() if ragged else None)
             d_W = segment_sum(groups, vals, g.to(W_dec.dtype))

@@ -24,11 +24,11 @@ from .data import ActivationSource, InMemoryActivations, Batch, Captured, as_bat
 
 # %% auto #0
 __all__ = ['CORE_METRICS', 'ARCHITECTURE_FIELDS', 'BENCH_SCRIPT', 'lr_factor', 'TrainingMetrics', 'TrainingState',
-           'update_dead_counters', 'fired_latents', 'resample_dead_latents', 'sae_loss', 'SAELoss', 'train_step',
-           'target_of', 'weights_of', 'update_average', 'load_weights', 'hand_out', 'Callback', 'ProgressCallback',
-           'WandbCallback', 'checkpoint_name', 'list_checkpoints', 'latest_checkpoint', 'save_checkpoint',
-           'load_checkpoint', 'CheckpointCallback', 'SAETrainer', 'check_source', 'hold_out_eval', 'latent_change',
-           'train_sae', 'benchmark_training']
+           'update_dead_counters', 'fired_latents', 'resample_dead_latents', 'sae_loss', 'SAELoss', 'clip_gradients',
+           'train_step', 'target_of', 'weights_of', 'update_average', 'load_weights', 'hand_out', 'Callback',
+           'ProgressCallback', 'WandbCallback', 'checkpoint_name', 'list_checkpoints', 'latest_checkpoint',
+           'save_checkpoint', 'load_checkpoint', 'CheckpointCallback', 'SAETrainer', 'check_source', 'hold_out_eval',
+           'latent_change', 'train_sae', 'benchmark_training']
 
 # %% ../nbs/05_trainer.ipynb #2771bbbd
 def lr_factor(step:int, # 0-based step
@@ -170,6 +170,15 @@ class SAELoss(torch.nn.Module):
     def forward(self, batch:Batch, dead_mask=None, global_stats=None) -> tuple:
         return sae_loss(self.sae, batch, dead_mask, global_stats)
 
+def clip_gradients(params, max_norm:float) -> torch.Tensor: # the gradients' total norm
+    "`clip_grad_norm_`, except that on a CPU gradients within `max_norm` are left as they are, not multiplied by 1."
+    params = [p for p in params if p.grad is not None]
+    norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+    # clip_grad_norm_'s coefficient, clamped to 1 (asking whether it is below 1 would sync a GPU)
+    if norm.device.type == 'cpu' and (max_norm / (norm + 1e-6)).item() >= 1: return norm
+    torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm)
+    return norm
+
 def train_step(sae, optimizer, batch, # a `Batch` (or a [batch, input_dim] tensor)
                dead_mask:Optional[torch.Tensor], # [latent_dim] bool, or None
                autocast=nullcontext, # a context manager for mixed precision
@@ -187,8 +196,7 @@ def train_step(sae, optimizer, batch, # a `Batch` (or a [batch, input_dim] tenso
     (scaler.scale(backward) if scaler else backward).backward()
     if scaler: scaler.unscale_(optimizer)
     sae.remove_parallel_grads()
-    if sae.cfg.grad_clip:  # the probe's own fit aside
-        torch.nn.utils.clip_grad_norm_(sae.sae_parameters(), sae.cfg.grad_clip)
+    if sae.cfg.grad_clip: clip_gradients(sae.sae_parameters(), sae.cfg.grad_clip)  # the probe's own fit aside
     if scaler: scaler.step(optimizer); scaler.update()
     else: optimizer.step()
     return out, terms, total
