@@ -160,10 +160,10 @@ def main():
     module = base.layers[a.layer]
 
     tokenize = lambda ts: chunk_and_tokenize(Dataset.from_dict({'text': ts}), tok, max_seq_len=a.ctx, num_proc=1)
-    sp_cfg = TrainConfig(SparseCoderConfig(num_latents=a.latents, k=a.k), layers=[a.layer],
-                         log_to_wandb=False, save_dir=tempfile.mkdtemp())
+    sp_template = TrainConfig(SparseCoderConfig(num_latents=a.latents, k=a.k), layers=[a.layer],
+                              log_to_wandb=False, save_dir=tempfile.mkdtemp())  # each training makes its own
     dataset = tokenize(train_texts).shuffle(42)  # sparsify's __main__: shuffle_seed=42
-    dataset = dataset.select(range(a.steps * sp_cfg.batch_size))
+    dataset = dataset.select(range(a.steps * sp_template.batch_size))
     heldout = tokenize(heldout_texts).select(range(a.heldout_seqs))
 
     # Each library trains --repeats times from the same start (the global generator put back), sparsify and sae_nb
@@ -174,7 +174,7 @@ def main():
     def fit_sparsify():
         "sparsify, through its own Trainer: its SAE seconds (wall, CPU), the model's, the trainer and its config."
         torch.set_rng_state(start)
-        cfg = TrainConfig(sp_cfg.sae, layers=sp_cfg.layers, log_to_wandb=False, save_dir=tempfile.mkdtemp())
+        cfg = TrainConfig(sp_template.sae, layers=sp_template.layers, log_to_wandb=False, save_dir=tempfile.mkdtemp())
         trainer = Trainer(cfg, dataset, base)
         seen.clear()  # its constructor ran the model once on dummy inputs to read the hook point's width
         watch = Stopwatch(base, module)
