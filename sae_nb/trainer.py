@@ -24,9 +24,9 @@ from .data import ActivationSource, InMemoryActivations, Batch, Captured, as_bat
 
 # %% auto #0
 __all__ = ['CORE_METRICS', 'ARCHITECTURE_FIELDS', 'BENCH_SCRIPT', 'lr_factor', 'TrainingMetrics', 'TrainingState',
-           'update_dead_counters', 'fired_latents', 'resample_dead_latents', 'sae_loss', 'SAELoss', 'clip_gradients',
-           'train_step', 'target_of', 'weights_of', 'update_average', 'load_weights', 'hand_out', 'Callback',
-           'ProgressCallback', 'WandbCallback', 'checkpoint_name', 'list_checkpoints', 'latest_checkpoint',
+           'update_dead_counters', 'fired_latents', 'resample_dead_latents', 'sae_loss', 'SAELoss', 'Adam',
+           'clip_gradients', 'train_step', 'target_of', 'weights_of', 'update_average', 'load_weights', 'hand_out',
+           'Callback', 'ProgressCallback', 'WandbCallback', 'checkpoint_name', 'list_checkpoints', 'latest_checkpoint',
            'save_checkpoint', 'load_checkpoint', 'CheckpointCallback', 'SAETrainer', 'check_source', 'hold_out_eval',
            'latent_change', 'train_sae', 'benchmark_training']
 
@@ -169,6 +169,26 @@ class SAELoss(torch.nn.Module):
     def __init__(self, sae): super().__init__(); self.sae = sae
     def forward(self, batch:Batch, dead_mask=None, global_stats=None) -> tuple:
         return sae_loss(self.sae, batch, dead_mask, global_stats)
+
+class Adam(torch.optim.Adam):
+    "`torch.optim.Adam`, whose fused step reads a transposed weight (the encoder's) in its memory order, not a copy."
+    def _init_group(self, group, *lists):  # params, grads, moments and step counts, as torch's Adam.step gives them
+        out = super()._init_group(group, *lists)
+        params = lists[0]
+        lists = [l for l in lists if isinstance(l, list) and len(l) == len(params)]
+        for i in range(len(params)):  # the update is elementwise: the elements in any common order give the same bits
+            ts = [l for l in lists if l[i].dim() > 0]  # not the step counts
+            if all(l[i].dim() == 2 and l[i].mT.is_contiguous() and not l[i].is_contiguous() for l in ts):
+                for l in ts: l[i] = l[i].mT
+        return out
+
+    def load_state_dict(self, state_dict):
+        "As torch's, then each moment laid out as its parameter (a saved one comes back contiguous)."
+        super().load_state_dict(state_dict)
+        for p, state in self.state.items():
+            for k, v in state.items():
+                if torch.is_tensor(v) and v.shape == p.shape and v.stride() != p.stride():
+                    state[k] = torch.empty_like(p, dtype=v.dtype).copy_(v)
 
 def clip_gradients(params, max_norm:float) -> torch.Tensor: # the gradients' total norm
     "`clip_grad_norm_`, except that on a CPU gradients within `max_norm` are left as they are, not multiplied by 1."
@@ -390,7 +410,7 @@ class SAETrainer:
                               "use amp_dtype='bfloat16'.")
         self.sae = (sae or SparseAutoencoder(config, device=self.device)).to(self.device)
         # fused: one kernel for all parameters
-        self.optimizer = torch.optim.Adam(self.sae.parameters(), lr=config.peak_lr, fused=True)
+        self.optimizer = Adam(self.sae.parameters(), lr=config.peak_lr, fused=True)
         self.scaler = torch.amp.GradScaler('cuda') if config.use_amp and config.amp_dtype == 'float16' else None
         self.state, self.parallel, self.total_steps, self.last_checkpoint = TrainingState(), parallel, None, None
         self._live = None  # after `finish`: the step's own weights, while the SAE holds their average
