@@ -171,21 +171,22 @@ class SAELoss(torch.nn.Module):
         return sae_loss(self.sae, batch, dead_mask, global_stats)
 
 class Adam(torch.optim.Adam):
-    "`torch.optim.Adam`, whose fused step reads a transposed weight (the encoder's) in its memory order, not a copy."
+    "`torch.optim.Adam`, whose fused step gets a transposed weight (the encoder's) as contiguous views: no copy."
     def _init_group(self, group, *lists):  # params, grads, moments and step counts, as torch's Adam.step gives them
         out = super()._init_group(group, *lists)
         params = lists[0]
         lists = [l for l in lists if isinstance(l, list) and len(l) == len(params)]
-        for i in range(len(params)):  # the update is elementwise: the elements in any common order give the same bits
+        for i in range(len(params)):  # the same memory in the same order: the kernel's work and bits are unchanged
             ts = [l for l in lists if l[i].dim() > 0]  # not the step counts
             if all(l[i].dim() == 2 and l[i].mT.is_contiguous() and not l[i].is_contiguous() for l in ts):
                 for l in ts: l[i] = l[i].mT
         return out
 
     def load_state_dict(self, state_dict):
-        "As torch's, then each moment laid out as its parameter (a saved one comes back contiguous)."
+        "As torch's, then each moment laid out as its parameter (the fused kernel pairs elements by memory order)."
         super().load_state_dict(state_dict)
         for p, state in self.state.items():
+            if not torch.is_tensor(p): continue  # a state torch keeps as it came, for no parameter
             for k, v in state.items():
                 if torch.is_tensor(v) and v.shape == p.shape and v.stride() != p.stride():
                     state[k] = torch.empty_like(p, dtype=v.dtype).copy_(v)
