@@ -23,7 +23,10 @@ rows: FVU, dead % (latents that fire on none of the held-out rows) and recovery 
 3. `ceiling`: the ablation's data and defaults, asking how far recovery is from what the objective allows. One run
    starts at the true dictionary (decoder atoms the true ones, encoder their transpose) and trains as usual: if the
    training objective held the truth, recovery stays near 1. Then runs of 1, 2 and 3 passes over the same training
-   rows (one run each, the schedule over the whole run): how recovery grows with steps.
+   rows, and of 10 (one run each, the schedule over the whole run): how recovery grows with steps.
+
+Every row also reads recovery by thirds of the true features: by frequency (commonest, middle, rarest) and by
+typical magnitude (faintest, middle, strongest), with `feature_recovery` and `recovery_by`.
 
 The JSON is rewritten after every run, so an interrupted run keeps what it measured.
 """
@@ -36,7 +39,7 @@ import torch
 from sae_nb.architecture import _fit_encoder_scale
 from sae_nb.bench import cpu_model
 from sae_nb.config import SAEConfig, default_learning_rate
-from sae_nb.evaluation import dictionary_recovery
+from sae_nb.evaluation import dictionary_recovery, feature_recovery, recovery_by
 from sae_nb.losses import fvu
 from sae_nb.testing import synthetic_activations
 from sae_nb.trainer import SAETrainer
@@ -73,7 +76,7 @@ ABLATION = {  # label -> (config changes, Adam betas or None[, True: the encoder
 }
 CEILING = {  # label -> (config changes, start at the true dictionary)
     'from the true dictionary, 1 pass': ({}, True),
-    **{f"from a random start, {n} pass{'es' if n > 1 else ''}": ({'max_epochs': n}, False) for n in (1, 2, 3)},
+    **{f"from a random start, {n} pass{'es' if n > 1 else ''}": ({'max_epochs': n}, False) for n in (1, 2, 3, 10)},
 }
 
 
@@ -93,13 +96,14 @@ def parse():
 
 @lru_cache(maxsize=1)  # the ablation and the ceiling train on the same rows: drawn once
 def benchmark(d, latents, k, tokens, heldout, seed):
-    "Training and held-out rows, and the true dictionary."
+    "Training and held-out rows, and the truth they were drawn from (dictionary, frequencies, magnitudes)."
     s = synthetic_activations(tokens + heldout, d, latents, k, keep_codes=False, chunk_tokens=8192, seed=seed, **DATA)
-    return s.x[:tokens], s.x[tokens:], s.dictionary
+    return s.x[:tokens], s.x[tokens:], s
 
 
-def score(x, held, dictionary, changes:dict, betas=None, scale_encoder=False, from_truth=False) -> dict:
+def score(x, held, truth, changes:dict, betas=None, scale_encoder=False, from_truth=False) -> dict:
     "Train on `x` with the defaults plus `changes`; held-out FVU, L0, dead %, recovery, the lr used and seconds."
+    dictionary = truth.dictionary
     cfg = SAEConfig(**{'input_dim': x.shape[1], 'eval_every': 0, 'checkpoint_every': 0,
                        'checkpoint_dir': tempfile.mkdtemp(), **changes})
     trainer = SAETrainer(cfg, progress=False)
@@ -117,9 +121,12 @@ def score(x, held, dictionary, changes:dict, betas=None, scale_encoder=False, fr
     with torch.no_grad(): outs = [sae(b) for b in held.split(4096)]
     x_hat, h = torch.cat([o.x_hat for o in outs]), torch.cat([o.h for o in outs])
     rec = dictionary_recovery(sae.W_dec.detach(), dictionary)
+    best = feature_recovery(sae.W_dec.detach(), dictionary)
     return {'FVU': fvu(held, x_hat).item(), 'L0': (h > 0).sum(-1).float().mean().item(),
             'dead %': 100 * (1 - (h > 0).any(0).float().mean().item()), 'recovery': rec['mean_max_cosine'],
             'recovered > 0.9': rec['recovered_fraction'], 'peak lr': cfg.peak_lr,
+            'recovery by frequency (commonest, middle, rarest third)': recovery_by(best, -truth.frequencies),
+            'recovery by magnitude (faintest, middle, strongest third)': recovery_by(best, truth.magnitudes),
             'warmup steps': cfg.warmup_for(trainer.total_steps), 'steps': trainer.state.step, 'seconds': seconds}
 
 
@@ -140,29 +147,30 @@ def main():
             os.replace(a.out + '.tmp', a.out)
     if a.only in (None, 'ablation'):
         result['ablation settings'] = {'d': 384, 'latents': 3072, 'k': 32, 'tokens': a.ablation_tokens}
-        x, held, dictionary = benchmark(384, 3072, 32, a.ablation_tokens, a.heldout, a.seed)
+        x, held, truth = benchmark(384, 3072, 32, a.ablation_tokens, a.heldout, a.seed)
         for label, (changes, *how) in ABLATION.items():
-            row = {'change': label, **score(x, held, dictionary, {'expansion_factor': 8, 'k': 32, **changes}, *how)}
+            row = {'change': label, **score(x, held, truth, {'expansion_factor': 8, 'k': 32, **changes}, *how)}
             result['ablation'].append(row); save(); print(json.dumps(row), flush=True)
     if a.only in (None, 'ceiling'):
         result['ceiling settings'] = {'d': 384, 'latents': 3072, 'k': 32, 'tokens': a.ablation_tokens}
-        x, held, dictionary = benchmark(384, 3072, 32, a.ablation_tokens, a.heldout, a.seed)
+        x, held, truth = benchmark(384, 3072, 32, a.ablation_tokens, a.heldout, a.seed)
         result['ceiling'] = []
         for label, (changes, from_truth) in CEILING.items():
-            row = {'run': label, **score(x, held, dictionary, {'expansion_factor': 8, 'k': 32, **changes},
+            row = {'run': label, **score(x, held, truth, {'expansion_factor': 8, 'k': 32, **changes},
                                          from_truth=from_truth)}
             result['ceiling'].append(row); save(); print(json.dumps(row), flush=True)
     if a.only in (None, 'lr'):
         result['lr settings'] = {'tokens': a.lr_tokens, 'multipliers': list(a.lr_multipliers)}
         for d, mult, k in SIZES:
             if a.sizes and not {f"{d}:{mult}", f"{d}:{mult}:{k}"} & set(a.sizes): continue
-            x, held, dictionary = benchmark(d, d * mult, k, a.lr_tokens, a.heldout, a.seed)
+            x, held, truth = benchmark(d, d * mult, k, a.lr_tokens, a.heldout, a.seed)
             rule = default_learning_rate(SAEConfig(input_dim=d))
             for m in a.lr_multipliers:
                 row = {'d': d, 'latents': d * mult, 'k': k, 'multiplier': m,
-                       **score(x, held, dictionary, {'expansion_factor': mult, 'k': k, 'learning_rate': rule * m})}
+                       **score(x, held, truth, {'expansion_factor': mult, 'k': k, 'learning_rate': rule * m})}
                 result['lr'].append(row); save(); print(json.dumps(row), flush=True)
-    result['load average'] = os.getloadavg()
+    prior = result.get('load average') if a.only else None  # the other tables' loads, kept with them
+    result['load average'] = (prior if isinstance(prior, dict) else {}) | {a.only or 'every table': os.getloadavg()}
     save()
 
 

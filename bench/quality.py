@@ -34,8 +34,9 @@ What it does, in order:
    latents per row), dead % (latents nonzero on no held-out row), recovery of the true dictionary
    (`sae_nb.evaluation.dictionary_recovery` of its decoder atoms, [latents, d]: mean over true atoms of the best
    |cos| with a learned atom, and the share above 0.9; the mean also of its decoder as initialised, before any
-   step), and training tokens/s over the wall seconds of each library's own training call, the final save each
-   makes included (CPU seconds of this process too: the CPU clock barely moves while other processes run).
+   step), the recovery of each third of the true features ordered by frequency and by typical magnitude
+   (`recovery_by`), and training tokens/s over the wall seconds of each library's own training call, the final
+   save each makes included (CPU seconds of this process too: the CPU clock barely moves while other processes run).
    Each library trains `--repeats` times from the same start, sae_nb and sparsify in turn, then dictionary_learning;
    its tokens/s is that of its fastest training (a burst of other work on a shared machine slows one training, not
    every one), every training's seconds are kept, and the scores are those of its last training (the JSON says
@@ -106,10 +107,11 @@ class StandIn(nn.Module):
 
 
 @torch.no_grad()
-def score(name, forward, W_dec, W_init, x_eval, true_dictionary):
+def score(name, forward, W_dec, W_init, x_eval, truth):
     "Held-out FVU, L0, dead %, dictionary recovery (trained and initial) of one SAE; `forward`: x -> (x_hat, h)."
-    from sae_nb.evaluation import dictionary_recovery
+    from sae_nb.evaluation import dictionary_recovery, feature_recovery, recovery_by
     from sae_nb.losses import fvu
+    true_dictionary = truth.dictionary
     hats, l0, fired = [], 0.0, torch.zeros(W_dec.shape[0], dtype=torch.bool)
     for xb in x_eval.split(4096):
         x_hat, h = forward(xb)
@@ -117,9 +119,12 @@ def score(name, forward, W_dec, W_init, x_eval, true_dictionary):
         l0 += (h != 0).sum().item()
         fired |= (h != 0).any(0)
     rec = dictionary_recovery(W_dec.detach().float(), true_dictionary)
+    best = feature_recovery(W_dec.detach().float(), true_dictionary)
     return {'library': name, 'held-out FVU': fvu(x_eval, torch.cat(hats)).item(), 'L0': l0 / len(x_eval),
             'dead %': 100 * (~fired).float().mean().item(), 'recovery (mean max |cos|)': rec['mean_max_cosine'],
             'recovered > 0.9': rec['recovered_fraction'],
+            'recovery by frequency (commonest, middle, rarest third)': recovery_by(best, -truth.frequencies),
+            'recovery by magnitude (faintest, middle, strongest third)': recovery_by(best, truth.magnitudes),
             'recovery at initialisation': dictionary_recovery(W_init.float(), true_dictionary)['mean_max_cosine']}
 
 
@@ -224,7 +229,7 @@ def main(argv=None):
     for name in trains:
         forward, W_dec, W_init, _, settings[name] = last[name]
         walls, cpus, ends = zip(*runs[name])
-        row = score(name, forward, W_dec, W_init, x_eval, data.dictionary)
+        row = score(name, forward, W_dec, W_init, x_eval, data)
         rows.append(row | {'tokens/s': n_train / min(walls), 'seconds': min(walls),
                            'tokens per CPU second': n_train / min(cpus)})
         trainings[name] = {'wall seconds': walls, 'CPU seconds': cpus,
@@ -248,8 +253,9 @@ def main(argv=None):
         'load average': os.getloadavg(),  # other processes on the machine: over the core count, wall times suffer
     }
     text = json.dumps(result, indent=1, default=str)
-    if a.out:
-        with open(a.out, 'w') as f: f.write(text + '\n')
+    if a.out:  # a temporary file, then a rename: an interrupted write leaves the last result whole
+        with open(a.out + '.tmp', 'w') as f: f.write(text + '\n')
+        os.replace(a.out + '.tmp', a.out)
     cols = ('held-out FVU', 'L0', 'dead %', 'recovery (mean max |cos|)', 'recovered > 0.9', 'tokens/s')
     print(f"{'library':<20}" + ''.join(f"{c:>{len(c) + 2}}" for c in cols))
     for row in rows: print(f"{row['library']:<20}" + ''.join(f"{row[c]:>{len(c) + 2}.4g}" for c in cols))

@@ -18,9 +18,10 @@ from .sweep import Table
 from .kernels import native_bf16_cpu
 
 # %% auto #0
-__all__ = ['QUALITY_COLUMNS', 'cpu_model', 'machine', 'Timing', 'time_fn', 'peak_memory_mb', 'matmul_rate', 'flop_per_token',
-           'flop_limit', 'speed_table', 'plot_speed', 'side_by_side', 'settings_table', 'quality_table',
-           'lr_rule_table', 'ablation_table', 'plot_lr_rule', 'ceiling_table', 'streaming_overhead', 'gpu_checks']
+__all__ = ['QUALITY_COLUMNS', 'BY_MAGNITUDE', 'BY_FREQUENCY', 'THIRDS', 'cpu_model', 'machine', 'Timing', 'time_fn',
+           'peak_memory_mb', 'matmul_rate', 'flop_per_token', 'flop_limit', 'speed_table', 'plot_speed', 'side_by_side',
+           'settings_table', 'thirds_of', 'quality_table', 'lr_rule_table', 'ablation_table', 'plot_lr_rule',
+           'ceiling_table', 'plot_recovery_thirds', 'streaming_overhead', 'gpu_checks']
 
 # %% ../nbs/08_benchmarks.ipynb #fb52cdcd
 def cpu_model() -> str:
@@ -126,14 +127,21 @@ def settings_table(result:dict) -> Table:
                   for k in list(nb) + [k for k in flat if k not in nb]])
 
 # %% ../nbs/08_benchmarks.ipynb #4806e3d7
-QUALITY_COLUMNS = ('library', 'held-out FVU', 'L0', 'dead %', 'recovery (mean max |cos|)', 'recovered > 0.9',
-                   'tokens/s')
+QUALITY_COLUMNS = ('library', 'held-out FVU', 'L0', 'dead %', 'recovery (mean max |cos|)', 'recovered > 0.9')
+BY_MAGNITUDE = 'recovery by magnitude (faintest, middle, strongest third)'
+BY_FREQUENCY = 'recovery by frequency (commonest, middle, rarest third)'
+THIRDS = {'faintest ⅓': (BY_MAGNITUDE, 0), 'strongest ⅓': (BY_MAGNITUDE, 2), 'rarest ⅓': (BY_FREQUENCY, 2)}
+
+def thirds_of(row:dict) -> dict:
+    "The recovery of the faintest, the strongest and the rarest third of the true features, where `row` has them."
+    return {label: row[key][i] for label, (key, i) in THIRDS.items() if key in row}
 
 def quality_table(result:Union[str, Path, dict]='../bench/quality.json', # the script's output, or its path
                  ) -> Table:
-    "Held-out FVU, L0, dead %, recovery of the true dictionary and speed of each library, from `bench/quality.py`."
+    "Held-out FVU, L0, dead %, recovery of the true dictionary (and of thirds of it) and speed of each library."
     r = result if isinstance(result, dict) else json.loads(Path(result).read_text())
-    return Table([{c: row[c] for c in QUALITY_COLUMNS if c in row} for row in r['rows']])
+    return Table([{c: row[c] for c in QUALITY_COLUMNS if c in row} | thirds_of(row)
+                  | ({'tokens/s': row['tokens/s']} if 'tokens/s' in row else {}) for row in r['rows']])
 
 # %% ../nbs/08_benchmarks.ipynb #97a00355
 def lr_rule_table(result:dict) -> Table:
@@ -171,9 +179,22 @@ def plot_lr_rule(result:dict, axes=None):
 
 # %% ../nbs/08_benchmarks.ipynb #931fc31c
 def ceiling_table(result:dict) -> Table:
-    "`bench/defaults.py`'s ceiling runs: steps, held-out FVU, dead %, and recovery of the true dictionary."
-    return Table([{k: r[k] for k in ('run', 'steps', 'FVU', 'dead %', 'recovery', 'recovered > 0.9')}
+    "`bench/defaults.py`'s ceiling runs: steps, held-out FVU, dead %, recovery, and the recovery of three thirds."
+    return Table([{k: r[k] for k in ('run', 'steps', 'FVU', 'dead %', 'recovery', 'recovered > 0.9')} | thirds_of(r)
                   for r in result['ceiling']])
+
+# %% ../nbs/08_benchmarks.ipynb #7186ee6c
+def plot_recovery_thirds(result:dict, axes=None):
+    "Recovery of each third of the true features, by magnitude and by frequency, one line per ceiling run."
+    if axes is None: axes = plt.subplots(1, 2, figsize=(10, 3.5), sharey=True)[1]
+    panels = ((BY_MAGNITUDE, ('faintest', 'middle', 'strongest'), 'features by typical magnitude'),
+              (BY_FREQUENCY, ('commonest', 'middle', 'rarest'), 'features by frequency'))
+    for ax, (key, ticks, xlabel) in zip(axes, panels):
+        for r in result['ceiling']:
+            if key in r: ax.plot(ticks, r[key], marker='o', label=f"{r['run']} ({r['steps']:,} steps)")
+        ax.set_xlabel(xlabel + ' (thirds)'); ax.grid(alpha=0.3)
+    axes[0].set_ylabel('recovery (mean max |cos|)'); axes[1].legend(fontsize=7)
+    return axes
 
 # %% ../nbs/08_benchmarks.ipynb #b7590b51
 def streaming_overhead(model, tokenizer, texts:list, layer:int, cfg:SAEConfig, max_length:int=128) -> dict:

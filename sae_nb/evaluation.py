@@ -17,8 +17,8 @@ from .data import ActivationStore, Batch, hook_point, capture_hooks, _not_outlie
 from .losses import decorrelation_loss
 
 # %% auto #0
-__all__ = ['purity', 'atom_cosines', 'splice', 'downstream', 'dictionary_recovery', 'EvalReport', 'evaluate', 'sae_eval',
-           'sae_eval_main']
+__all__ = ['purity', 'atom_cosines', 'splice', 'downstream', 'feature_recovery', 'dictionary_recovery', 'recovery_by',
+           'EvalReport', 'evaluate', 'sae_eval', 'sae_eval_main']
 
 # %% ../nbs/06_evaluation.ipynb #25b14561
 class _Running:
@@ -158,12 +158,25 @@ def downstream(sae, model, tokenizer, texts:list, layer, max_length:int=128, out
 
 # %% ../nbs/06_evaluation.ipynb #3333a1fa
 @torch.no_grad()
+def feature_recovery(W_dec:torch.Tensor, # [latent_dim, input_dim] learned atoms
+                     true_dictionary:torch.Tensor, # [n_features, input_dim] true feature directions
+                    ) -> torch.Tensor: # [n_features] each true feature's best |cos| with a learned atom
+    "For each true feature, the best |cosine| with any learned atom."
+    return (F.normalize(true_dictionary.float(), dim=-1) @ F.normalize(W_dec.float(), dim=-1).T).abs().max(-1).values
+
+@torch.no_grad()
 def dictionary_recovery(W_dec:torch.Tensor, # [latent_dim, input_dim] learned atoms
                         true_dictionary:torch.Tensor, # [n_features, input_dim] true feature directions
                         threshold:float=0.9) -> dict:
     "Mean over true features of the best |cos| with a learned atom, and the share of true features above `threshold`."
-    best = (F.normalize(true_dictionary.float(), dim=-1) @ F.normalize(W_dec.float(), dim=-1).T).abs().max(-1).values
+    best = feature_recovery(W_dec, true_dictionary)
     return {'mean_max_cosine': best.mean().item(), 'recovered_fraction': (best > threshold).float().mean().item()}
+
+def recovery_by(best:torch.Tensor, # [n_features] `feature_recovery`'s figures
+                key:torch.Tensor, # [n_features] what to order the features by (a frequency, a magnitude)
+                parts:int=3) -> list: # mean recovery of each group, from the smallest `key` to the largest
+    "Mean recovery over `parts` groups of the true features of (nearly) equal size, ordered by `key`."
+    return [part.mean().item() for part in best[key.argsort(stable=True)].tensor_split(parts)]
 
 # %% ../nbs/06_evaluation.ipynb #039b7b90
 @dataclass

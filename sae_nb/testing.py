@@ -59,6 +59,7 @@ class SyntheticActivations:
     frequencies: torch.Tensor # [n_features] probability that each feature fires on a token
     mean: torch.Tensor # [input_dim] the offset added to every token
     parents: Optional[torch.Tensor] = None # [n_features] each feature's parent feature (-1: none); None: no hierarchy
+    magnitudes: Optional[torch.Tensor] = None # [n_features] each feature's typical magnitude (its codes scale with it)
 
     def _repr_markdown_(self):
         l0 = (self.codes > 0).sum(-1).float().mean().item() if self.codes is not None else self.frequencies.sum().item()
@@ -119,7 +120,7 @@ def synthetic_activations(n_tokens:int=4096, # rows of activations
         xs.append(codes @ dictionary + mean + noise * torch.randn(n, input_dim, generator=g))
         if keep_codes: all_codes.append(codes)
     codes = torch.cat(all_codes) if keep_codes else None
-    return SyntheticActivations(torch.cat(xs), dictionary, codes, freq, mean)
+    return SyntheticActivations(torch.cat(xs), dictionary, codes, freq, mean, magnitudes=typical)
 
 # %% ../nbs/00_testing.ipynb #72e6c392
 def hierarchical_activations(n_tokens:int=16384, # rows of activations
@@ -158,7 +159,7 @@ def hierarchical_activations(n_tokens:int=16384, # rows of activations
     mean = torch.randn(input_dim, generator=g)
     mean = mean * mean_norm / mean.norm()
     x = codes @ dictionary + mean + noise * torch.randn(n_tokens, input_dim, generator=g)
-    return SyntheticActivations(x, dictionary, codes, freq, mean, parents)
+    return SyntheticActivations(x, dictionary, codes, freq, mean, parents, typical)
 
 # %% ../nbs/00_testing.ipynb #bbfa2e64
 def _as_tuple(o): return tuple(o) if isinstance(o, (tuple, list)) else (o,)
