@@ -26,7 +26,7 @@ rows: FVU, dead % (latents that fire on none of the held-out rows) and recovery 
    rows, and of 10 (one run each, the schedule over the whole run): how recovery grows with steps.
 
 Every row also reads recovery by thirds of the true features: by frequency (commonest, middle, rarest) and by
-typical magnitude (faintest, middle, strongest), with `feature_recovery` and `recovery_by`.
+typical magnitude (faintest, middle, strongest), with `sae_nb.bench.recovery_thirds`.
 
 The JSON is rewritten after every run, so an interrupted run keeps what it measured.
 """
@@ -37,9 +37,9 @@ from importlib.metadata import version
 import torch
 
 from sae_nb.architecture import _fit_encoder_scale
-from sae_nb.bench import cpu_model
+from sae_nb.bench import cpu_model, recovery_thirds
 from sae_nb.config import SAEConfig, default_learning_rate
-from sae_nb.evaluation import dictionary_recovery, feature_recovery, recovery_by
+from sae_nb.evaluation import dictionary_recovery
 from sae_nb.losses import fvu
 from sae_nb.testing import synthetic_activations
 from sae_nb.trainer import SAETrainer
@@ -121,12 +121,10 @@ def score(x, held, truth, changes:dict, betas=None, scale_encoder=False, from_tr
     with torch.no_grad(): outs = [sae(b) for b in held.split(4096)]
     x_hat, h = torch.cat([o.x_hat for o in outs]), torch.cat([o.h for o in outs])
     rec = dictionary_recovery(sae.W_dec.detach(), dictionary)
-    best = feature_recovery(sae.W_dec.detach(), dictionary)
     return {'FVU': fvu(held, x_hat).item(), 'L0': (h > 0).sum(-1).float().mean().item(),
             'dead %': 100 * (1 - (h > 0).any(0).float().mean().item()), 'recovery': rec['mean_max_cosine'],
             'recovered > 0.9': rec['recovered_fraction'], 'peak lr': cfg.peak_lr,
-            'recovery by frequency (commonest, middle, rarest third)': recovery_by(best, -truth.frequencies),
-            'recovery by magnitude (faintest, middle, strongest third)': recovery_by(best, truth.magnitudes),
+            **recovery_thirds(sae.W_dec.detach(), truth),
             'warmup steps': cfg.warmup_for(trainer.total_steps), 'steps': trainer.state.step, 'seconds': seconds}
 
 

@@ -35,8 +35,9 @@ What it does, in order:
    (`sae_nb.evaluation.dictionary_recovery` of its decoder atoms, [latents, d]: mean over true atoms of the best
    |cos| with a learned atom, and the share above 0.9; the mean also of its decoder as initialised, before any
    step), the recovery of each third of the true features ordered by frequency and by typical magnitude
-   (`recovery_by`), and training tokens/s over the wall seconds of each library's own training call, the final
-   save each makes included (CPU seconds of this process too: the CPU clock barely moves while other processes run).
+   (`sae_nb.bench.recovery_thirds`), and training tokens/s over the wall seconds of each library's own training
+   call, the final save each makes included (CPU seconds of this process too: the CPU clock barely moves while other
+   processes run).
    Each library trains `--repeats` times from the same start, sae_nb and sparsify in turn, then dictionary_learning;
    its tokens/s is that of its fastest training (a burst of other work on a shared machine slows one training, not
    every one), every training's seconds are kept, and the scores are those of its last training (the JSON says
@@ -109,7 +110,8 @@ class StandIn(nn.Module):
 @torch.no_grad()
 def score(name, forward, W_dec, W_init, x_eval, truth):
     "Held-out FVU, L0, dead %, dictionary recovery (trained and initial) of one SAE; `forward`: x -> (x_hat, h)."
-    from sae_nb.evaluation import dictionary_recovery, feature_recovery, recovery_by
+    from sae_nb.bench import recovery_thirds
+    from sae_nb.evaluation import dictionary_recovery
     from sae_nb.losses import fvu
     true_dictionary = truth.dictionary
     hats, l0, fired = [], 0.0, torch.zeros(W_dec.shape[0], dtype=torch.bool)
@@ -119,12 +121,10 @@ def score(name, forward, W_dec, W_init, x_eval, truth):
         l0 += (h != 0).sum().item()
         fired |= (h != 0).any(0)
     rec = dictionary_recovery(W_dec.detach().float(), true_dictionary)
-    best = feature_recovery(W_dec.detach().float(), true_dictionary)
     return {'library': name, 'held-out FVU': fvu(x_eval, torch.cat(hats)).item(), 'L0': l0 / len(x_eval),
             'dead %': 100 * (~fired).float().mean().item(), 'recovery (mean max |cos|)': rec['mean_max_cosine'],
             'recovered > 0.9': rec['recovered_fraction'],
-            'recovery by frequency (commonest, middle, rarest third)': recovery_by(best, -truth.frequencies),
-            'recovery by magnitude (faintest, middle, strongest third)': recovery_by(best, truth.magnitudes),
+            **recovery_thirds(W_dec.detach(), truth),
             'recovery at initialisation': dictionary_recovery(W_init.float(), true_dictionary)['mean_max_cosine']}
 
 

@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt
 import torch
 
 from .config import SAEConfig
+from .evaluation import feature_recovery, recovery_by
 from .trainer import benchmark_training
 from .sweep import Table
 from .kernels import native_bf16_cpu
@@ -20,8 +21,8 @@ from .kernels import native_bf16_cpu
 # %% auto #0
 __all__ = ['QUALITY_COLUMNS', 'BY_MAGNITUDE', 'BY_FREQUENCY', 'THIRDS', 'cpu_model', 'machine', 'Timing', 'time_fn',
            'peak_memory_mb', 'matmul_rate', 'flop_per_token', 'flop_limit', 'speed_table', 'plot_speed', 'side_by_side',
-           'settings_table', 'thirds_of', 'quality_table', 'lr_rule_table', 'ablation_table', 'plot_lr_rule',
-           'ceiling_table', 'plot_recovery_thirds', 'streaming_overhead', 'gpu_checks']
+           'settings_table', 'recovery_thirds', 'thirds_of', 'quality_table', 'lr_rule_table', 'ablation_table',
+           'plot_lr_rule', 'ceiling_table', 'plot_recovery_thirds', 'streaming_overhead', 'gpu_checks']
 
 # %% ../nbs/08_benchmarks.ipynb #fb52cdcd
 def cpu_model() -> str:
@@ -131,6 +132,13 @@ QUALITY_COLUMNS = ('library', 'held-out FVU', 'L0', 'dead %', 'recovery (mean ma
 BY_MAGNITUDE = 'recovery by magnitude (faintest, middle, strongest third)'
 BY_FREQUENCY = 'recovery by frequency (commonest, middle, rarest third)'
 THIRDS = {'faintest ⅓': (BY_MAGNITUDE, 0), 'strongest ⅓': (BY_MAGNITUDE, 2), 'rarest ⅓': (BY_FREQUENCY, 2)}
+
+def recovery_thirds(W_dec:torch.Tensor, # [latent_dim, input_dim] learned atoms
+                    truth, # a `SyntheticActivations`: its dictionary, frequencies and magnitudes
+                   ) -> dict:
+    "Recovery of thirds of the true features, by typical magnitude and by frequency: what the benchmark scripts save."
+    best = feature_recovery(W_dec, truth.dictionary)
+    return {BY_FREQUENCY: recovery_by(best, -truth.frequencies), BY_MAGNITUDE: recovery_by(best, truth.magnitudes)}
 
 def thirds_of(row:dict) -> dict:
     "The recovery of the faintest, the strongest and the rarest third of the true features, where `row` has them."
